@@ -1,0 +1,1 @@
+"""Prefect flows and deployments: orchestration only; data logic lives in `pipeline/`."""

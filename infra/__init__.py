@@ -1,0 +1,1 @@
+"""Job backends (local, Slurm, Kubernetes) and service templates."""

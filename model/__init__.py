@@ -1,0 +1,1 @@
+"""Model, tokenizer and the training entry point. No Prefect here."""
