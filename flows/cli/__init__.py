@@ -8,6 +8,8 @@ import importlib
 import pkgutil
 import sys
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from pipeline.storage import StorageError
 
 
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CommandError, StorageError, FileNotFoundError, ValueError) as exc:
+    except (CommandError, StorageError, BotoCoreError, ClientError, FileNotFoundError, ValueError) as exc:
         print(f"tokenmill {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

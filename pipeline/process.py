@@ -1,0 +1,83 @@
+"""One input object → one committed unit of a dataset version.
+
+The unit of work of both the `ingest` and the `corpus_refresh` flows: read a source object
+(WARC, WET, JSONL, Parquet), optionally run a chain of steps over each batch, write Parquet
+shards and the quarantine table, and commit them in one manifest snapshot. Plain Python:
+a Prefect task, a Dask worker or a test calls it the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pyarrow as pa
+
+from pipeline.dataset import DEFAULT_TARGET_BYTES, DatasetVersion, ShardWriter, unit_name
+from pipeline.readers import open_reader
+from pipeline.schema import DOCUMENT_SCHEMA, conform
+from pipeline.steps.base import Chain
+from pipeline.storage import ObjectInfo, ObjectStore, StorageError
+
+
+class EmptyOutputError(StorageError):
+    """A unit produced no documents and no quarantine rows from a non-empty input."""
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    fmt: str | None = None
+    batch_size: int = 1000
+    max_doc_bytes: int = 5_000_000
+
+
+def process_source(
+    source: ObjectInfo,
+    version: DatasetVersion,
+    *,
+    chain_factory: Callable[[], Chain] | None = None,
+    read: ReadOptions = ReadOptions(),
+    target_bytes: int = DEFAULT_TARGET_BYTES,
+    config_hash_: str = "",
+) -> dict:
+    """Read `source` into `version` as one unit; returns the unit's counts.
+
+    Idempotent: when the unit is already committed, nothing is read and the committed
+    counts are returned with `"skipped": True`.
+    """
+    unit = unit_name(source.uri)
+    committed = version.manifest().units.get(unit)
+    if committed is not None:
+        return {**committed["counts"], "unit": unit, "skipped": True}
+    started = time.perf_counter()
+    chain = chain_factory() if chain_factory else None
+    reader = open_reader(source.uri, store=version.store, fmt=read.fmt, batch_size=read.batch_size, max_doc_bytes=read.max_doc_bytes)
+    out_schema: pa.Schema | None = None
+    documents_out = 0
+    with ShardWriter(version, unit, schema=DOCUMENT_SCHEMA, target_bytes=target_bytes) as writer:
+        for table in reader:
+            if chain is not None:
+                table = conform(chain(table))
+            if table.num_rows == 0:
+                continue
+            if out_schema is None:
+                out_schema = table.schema
+                writer.schema = out_schema  # score columns added by steps are kept
+            writer.write(table.select(out_schema.names).cast(out_schema))
+            documents_out += table.num_rows
+        quarantine = reader.quarantine_table()
+        counts = {
+            "source": source.uri,
+            "source_bytes": source.size,
+            "reader": reader.stats,
+            "steps": [s.as_dict() for s in chain.stats()] if chain else [],
+            "documents_out": documents_out,
+            "quarantined": quarantine.num_rows,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        nothing_accounted = not (reader.stats.get("documents") or quarantine.num_rows or any(reader.stats.get("skipped", {}).values()))
+        if source.size > 0 and nothing_accounted:
+            raise EmptyOutputError(f"{source.uri}: {source.size} bytes of input gave no document, no quarantine record and no skipped record")
+        writer.commit(counts=counts, quarantine=quarantine, config_hash_=config_hash_)
+    return {**counts, "unit": unit, "skipped": False}

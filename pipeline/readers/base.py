@@ -1,0 +1,143 @@
+"""What every reader shares: counting, quarantine, and building DOCUMENT_SCHEMA batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from datetime import datetime
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from pipeline.schema import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, quarantine_row
+from pipeline.storage import ObjectStore
+
+DEFAULT_BATCH_SIZE = 1000
+DEFAULT_MAX_DOC_BYTES = 5_000_000
+
+
+def fallback_id(source: str, locator: str) -> str:
+    """A stable id for a record that brings none: the same input and position give the same id."""
+    return "sha1:" + hashlib.sha1(f"{source}#{locator}".encode()).hexdigest()
+
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    """WARC-Date / ISO 8601 → aware datetime; None when absent or unparseable (not worth a quarantine)."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None  # a naive time has no defined instant; leave it out rather than guess
+    return parsed
+
+
+class DocumentBatch:
+    """Column lists for one output batch; `source` is the same for every row of a reader."""
+
+    COLUMNS = ("id", "text", "url", "crawl_timestamp", "language", "language_score", "license", "provenance", "metadata")
+
+    def __init__(self, source: str):
+        self.source = source
+        self.clear()
+
+    def clear(self) -> None:
+        self.cols: dict[str, list] = {name: [] for name in self.COLUMNS}
+
+    def __len__(self) -> int:
+        return len(self.cols["id"])
+
+    def add(self, *, id: str, text: str, provenance: str, url: str | None = None, crawl_timestamp: datetime | None = None,
+            language: str | None = None, language_score: float | None = None, license: str | None = None,
+            metadata: dict[str, Any] | str | None = None) -> None:
+        c = self.cols
+        c["id"].append(id)
+        c["text"].append(text)
+        c["url"].append(url)
+        c["crawl_timestamp"].append(crawl_timestamp)
+        c["language"].append(language)
+        c["language_score"].append(language_score)
+        c["license"].append(license)
+        c["provenance"].append(provenance)
+        if metadata is not None and not isinstance(metadata, str):
+            metadata = json.dumps(metadata, ensure_ascii=False, sort_keys=True) if metadata else None
+        c["metadata"].append(metadata)
+
+    def take(self) -> pa.Table:
+        n = len(self)
+        arrays = []
+        for f in DOCUMENT_SCHEMA:
+            if f.name == "source":
+                arrays.append(pa.array([self.source] * n, f.type))
+            else:
+                arrays.append(pa.array(self.cols[f.name], f.type))
+        self.clear()
+        return pa.Table.from_arrays(arrays, schema=DOCUMENT_SCHEMA)
+
+
+class Reader:
+    """Base of the format readers. Iterate once for tables; then look at `stats` and
+    `quarantine_table()` (they are also valid mid-way)."""
+
+    fmt = ""
+
+    def __init__(self, uri: str, store: ObjectStore | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.uri = uri
+        self.store = store or ObjectStore()
+        self.batch_size = batch_size
+        self.max_doc_bytes = max_doc_bytes
+        self._records = 0
+        self._documents = 0
+        self._skipped: Counter[str] = Counter()
+        self._quarantined: Counter[str] = Counter()
+        self._quarantine_rows: list[dict] = []
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+    @property
+    def stats(self) -> dict:
+        return {
+            "records": self._records,
+            "documents": self._documents,
+            "skipped": dict(self._skipped),
+            "quarantined": dict(self._quarantined),
+            "bytes_read": self._bytes_read(),
+        }
+
+    def _bytes_read(self) -> int:
+        return 0
+
+    def quarantine_table(self) -> pa.Table:
+        return pa.Table.from_pylist(self._quarantine_rows, schema=QUARANTINE_SCHEMA)
+
+    def quarantine(self, offset: int | None, reason: str, detail: str, record_id: str | None = None, raw: bytes | None = None) -> None:
+        self._quarantined[reason] += 1
+        self._quarantine_rows.append(quarantine_row(self.uri, offset, reason, detail, record_id, raw))
+
+    def skip(self, kind: str) -> None:
+        self._skipped[kind] += 1
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        if self._started:
+            raise RuntimeError(f"{self!r} was already iterated; open a new reader to read again")
+        self._started = True
+        batch = DocumentBatch(self.uri)
+        for _ in self._fill(batch):
+            if len(batch) >= self.batch_size:
+                self._documents += len(batch)
+                yield batch.take()
+        if len(batch):
+            self._documents += len(batch)
+            yield batch.take()
+
+    def _fill(self, batch: DocumentBatch) -> Iterator[None]:
+        """Add documents to `batch`, yielding after each so the caller can cut batches."""
+        raise NotImplementedError

@@ -1,0 +1,146 @@
+"""Parquet → documents, batch by batch, vectorised. A file needs a string `text` column;
+columns named like DOCUMENT_SCHEMA's map to it, every other column goes into `metadata` JSON.
+A file without a usable `text` column is one `wrong_schema` quarantine row, not a crash."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.readers.base import Reader, fallback_id
+from pipeline.schema import DOCUMENT_SCHEMA
+
+TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
+MAPPED = {"id", "text", "url", "crawl_timestamp", "language", "language_score", "license", "metadata"}  # not source/provenance: ours
+
+
+class ParquetReader(Reader):
+    fmt = "parquet"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._file_bytes = 0
+        self._rows_done = 0
+
+    def _bytes_read(self) -> int:
+        # Parquet is read by column chunk through a random-access file, not streamed: count the
+        # file once it is open (a close upper bound; the footer alone for a wrong schema).
+        return self._file_bytes
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        if self._started:
+            raise RuntimeError(f"{self!r} was already iterated; open a new reader to read again")
+        self._started = True
+        source = self.store.open_random_access(self.uri)
+        try:
+            try:
+                pf = pq.ParquetFile(source)
+            except (pa.ArrowInvalid, OSError) as exc:
+                self._records += 1
+                self.quarantine(0, "wrong_schema", f"not a readable Parquet file: {exc}")
+                return
+            self._file_bytes = source.size()
+            schema = pf.schema_arrow
+            problem = _schema_problem(schema)
+            if problem:
+                self._records += pf.metadata.num_rows
+                self.quarantine(0, "wrong_schema", f"{problem}; all {pf.metadata.num_rows} rows skipped; columns: {schema.names}")
+                return
+            columns = list(schema.names)
+            for batch in pf.iter_batches(batch_size=self.batch_size, columns=columns):
+                table = self._documents_from(pa.Table.from_batches([batch]), self._rows_done)
+                self._rows_done += batch.num_rows
+                self._records += batch.num_rows
+                if table.num_rows:
+                    self._documents += table.num_rows
+                    yield table
+        finally:
+            source.close()
+
+    def _documents_from(self, table: pa.Table, first_row: int) -> pa.Table:
+        n = table.num_rows
+        rows = np.arange(first_row, first_row + n)
+        text = pc.utf8_trim_whitespace(table.column("text").cast(pa.large_string()))
+        byte_len = pc.binary_length(text).to_numpy(zero_copy_only=False)
+        null = table.column("text").is_null().to_numpy(zero_copy_only=False)
+        byte_len = np.where(null, 0, np.nan_to_num(byte_len.astype(float))).astype(np.int64)
+        empty = byte_len == 0
+        oversize = byte_len > self.max_doc_bytes
+        ids = table.column("id").cast(pa.string()) if "id" in table.column_names else None
+        for idx in np.flatnonzero(empty | oversize):
+            rid = ids[int(idx)].as_py() if ids is not None else None
+            if oversize[idx]:
+                self.quarantine(int(rows[idx]), "oversize", f"text is {byte_len[idx]} bytes, over the {self.max_doc_bytes}-byte limit", rid)
+            else:
+                self.quarantine(int(rows[idx]), "empty_text", "`text` is null or empty", rid)
+        keep = pa.array(~(empty | oversize))
+        if not pc.all(keep).as_py():
+            table, text, rows = table.filter(keep), text.filter(keep), rows[~(empty | oversize)]
+            ids = ids.filter(keep) if ids is not None else None
+        n = table.num_rows
+        fallback = pa.array([fallback_id(self.uri, str(r)) for r in rows.tolist()], pa.string()) if ids is None or ids.null_count else None
+        if ids is None:
+            ids = fallback
+        elif fallback is not None:
+            ids = pc.if_else(ids.is_null(), fallback, ids)
+        columns = {
+            "id": ids,
+            "text": text,
+            "source": pa.array([self.uri] * n, pa.string()),
+            "provenance": pc.binary_join_element_wise("parquet:", pa.array(rows.astype(str).tolist(), pa.string()), ""),
+        }
+        uncastable = []
+        for f in DOCUMENT_SCHEMA:
+            if f.name in columns or f.name == "metadata":
+                continue
+            cast = _cast(table.column(f.name), f.type) if f.name in table.column_names else pa.nulls(n, f.type)
+            if cast is None:
+                uncastable.append(f.name)  # kept in metadata as given rather than lost
+                cast = pa.nulls(n, f.type)
+            columns[f.name] = cast
+        columns["metadata"] = self._metadata(table, uncastable)
+        return pa.Table.from_arrays([columns[f.name] for f in DOCUMENT_SCHEMA], schema=DOCUMENT_SCHEMA)
+
+    def _metadata(self, table: pa.Table, uncastable: list[str]) -> pa.Array:
+        # `source` and `provenance` columns are the file's own, not ours: kept in metadata.
+        extras = [name for name in table.column_names if name not in MAPPED] + uncastable
+        meta = table.column("metadata") if "metadata" in table.column_names else None
+        if not extras and (meta is None or pa.types.is_string(meta.type) or pa.types.is_large_string(meta.type)):
+            return meta.cast(pa.string()) if meta is not None else pa.nulls(table.num_rows, pa.string())
+        # Extra columns are merged row by row: JSON encoding has no vectorised path in Arrow.
+        extra_rows = table.select(extras).to_pylist() if extras else [{}] * table.num_rows
+        meta_values = meta.to_pylist() if meta is not None else [None] * table.num_rows
+        out = []
+        for extra, own in zip(extra_rows, meta_values):
+            if isinstance(own, str):
+                try:
+                    own = json.loads(own)
+                except ValueError:
+                    own = {"metadata": own}
+            merged = {**extra, **own} if isinstance(own, dict) else ({**extra, "metadata": own} if own is not None else extra)
+            out.append(json.dumps(merged, ensure_ascii=False, sort_keys=True, default=str) if merged else None)
+        return pa.array(out, pa.string())
+
+
+def _schema_problem(schema: pa.Schema) -> str | None:
+    if "text" not in schema.names:
+        return "no `text` column"
+    if schema.field("text").type not in TEXT_TYPES:
+        return f"`text` is {schema.field('text').type}, not a string column"
+    return None
+
+
+def _cast(column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray | None:
+    """A mapped column in the schema's type, or None when its values do not cast (they are not
+    what the schema means by that name, e.g. a `crawl_timestamp` of free text)."""
+    if column.type == target:
+        return column
+    try:
+        return column.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None

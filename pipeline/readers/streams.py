@@ -1,0 +1,305 @@
+"""Decompressed byte streams with locators, and recovery from damaged compression.
+
+A WARC/WET file is usually a sequence of gzip members, one per record; the compressed offset
+of a record's member is its locator (what a CDX index stores, what a range request needs).
+`gzip_pieces` decompresses member by member and tags every piece of output with the
+offset of the member it came from. When a member is damaged (truncated, corrupt), it reports
+a `Break` and resynchronises at the next gzip header after the damaged member's start, so one
+bad record costs one record, not the rest of the file (FastWARC, Python's gzip module and
+pyarrow all stop at the first damaged member).
+
+`ByteReader` turns those pieces into readline/read/skip calls with a position, and raises
+`StreamBreak` where the data of a damaged member ends, so a parser can quarantine the record
+it was reading and carry on with the next one.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import IO, Iterator, Union
+
+import zstandard
+
+READ_CHUNK = 1 << 20
+FEED = 64 << 10  # compressed bytes per decompress call (leftovers past a member end are copied)
+MAX_PIECE = 4 << 20  # bound on decompressed bytes per step: a zip bomb cannot blow memory
+MAX_RESYNC_WINDOW = 64 << 20  # compressed bytes kept from a member's start to rescan after damage
+GZIP_MAGIC = b"\x1f\x8b\x08"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@dataclass(frozen=True)
+class Piece:
+    member_offset: int  # compressed offset of the gzip member (0 for zstd/plain)
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Break:
+    """Data of the member at `member_offset` stopped short; what came before it is unreliable."""
+
+    member_offset: int
+    reason: str
+    detail: str
+
+
+Event = Union[Piece, Break]
+
+
+class StreamBreak(Exception):
+    def __init__(self, brk: Break):
+        super().__init__(brk.detail)
+        self.brk = brk
+
+
+class CountingStream:
+    """Wraps a raw stream to count the bytes read from storage (stats["bytes_read"])."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.bytes_read = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.bytes_read += len(data)
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def sniff_compression(head: bytes, name: str) -> str:
+    """"gzip", "zstd" or "none" from the magic bytes (names lie; magic does not)."""
+    if head.startswith(GZIP_MAGIC[:2]):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+def decompressed_events(raw: CountingStream, name: str) -> Iterator[Event]:
+    head = raw.read(4)
+    kind = sniff_compression(head, name)
+    if kind == "gzip":
+        return gzip_pieces(raw, head)
+    if kind == "zstd":
+        return zstd_pieces(raw, head)
+    return plain_pieces(raw, head)
+
+
+def plain_pieces(raw: CountingStream, head: bytes) -> Iterator[Event]:
+    if head:
+        yield Piece(0, head)
+    while chunk := raw.read(READ_CHUNK):
+        yield Piece(0, chunk)
+
+
+def zstd_pieces(raw: CountingStream, head: bytes) -> Iterator[Event]:
+    """zstd frames have no cheap resync point: damage ends the stream with a Break."""
+    dctx = zstandard.ZstdDecompressor()
+    reader = dctx.stream_reader(_Prefixed(head, raw), read_across_frames=True, read_size=READ_CHUNK)
+    try:
+        while chunk := reader.read(MAX_PIECE):
+            yield Piece(0, chunk)
+    except zstandard.ZstdError as exc:
+        yield Break(0, "corrupt_zstd", f"zstd stream damaged: {exc}")
+        return
+    except EOFError as exc:  # truncated final frame (zstandard raises EOFError in some versions)
+        yield Break(0, "corrupt_zstd", f"zstd stream truncated: {exc}")
+
+
+class _Prefixed:
+    """A stream with some already-read bytes put back in front."""
+
+    def __init__(self, head: bytes, raw: CountingStream):
+        self.head, self.raw = head, raw
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            out, self.head = self.head, b""
+            return out
+        return self.raw.read(n)
+
+
+def gzip_pieces(raw: CountingStream, head: bytes) -> Iterator[Event]:
+    """Member-by-member gzip decompression with resynchronisation after damage."""
+    buf, pos = head, 0  # compressed bytes read; buf[pos:] not yet fed to a decompressor
+    member_start = 0  # compressed offset of the current member
+    fed = 0  # compressed bytes fed to the current member
+    window: list[bytes] = []  # the member's compressed bytes, kept to rescan after damage
+    windowed = True  # False once the member outgrew MAX_RESYNC_WINDOW
+    hunting = False  # after damage: skip to the next gzip header without further reports
+    dec = zlib.decompressobj(31)
+    at_eof = False
+
+    while True:
+        if len(buf) - pos < len(GZIP_MAGIC) and not at_eof:
+            chunk = raw.read(READ_CHUNK)
+            if chunk:
+                buf, pos = buf[pos:] + chunk, 0
+                continue
+            at_eof = True
+        if pos >= len(buf):
+            if fed and not hunting:
+                yield Break(member_start, "truncated_gzip", f"gzip member at byte {member_start} ends before its end marker (file truncated)")
+            return
+        if fed == 0:
+            # At a member boundary: find the next header. Zero padding is skipped quietly;
+            # other bytes are reported unless we are already resynchronising after damage.
+            nxt = buf.find(GZIP_MAGIC, pos)
+            if nxt != pos:
+                skip = (len(buf) - pos - 2) if nxt < 0 else nxt - pos
+                if skip <= 0:
+                    if at_eof:
+                        return  # a stray byte or two at the very end
+                    continue
+                junk = buf[pos : pos + skip]
+                if not hunting and junk.strip(b"\0"):
+                    yield Break(member_start, "truncated_gzip", f"{len(junk)}+ bytes at {member_start} are not gzip data")
+                    hunting = True
+                member_start += skip
+                pos += skip
+                continue
+        data = memoryview(buf)[pos : pos + FEED]
+        try:
+            out = dec.decompress(data, MAX_PIECE)
+            while True:
+                if out:
+                    hunting = False
+                    yield Piece(member_start, out)
+                if dec.eof or not dec.unconsumed_tail:
+                    break
+                out = dec.decompress(dec.unconsumed_tail, MAX_PIECE)
+        except zlib.error as exc:
+            if not hunting:
+                yield Break(member_start, "truncated_gzip", f"gzip member at byte {member_start} is damaged or truncated: {exc}")
+            hunting = True
+            # Rescan from just after the member's start: its deflate stream may have swallowed
+            # the next member's header before the error showed.
+            if windowed:
+                rescan = b"".join(window) + bytes(data)
+                buf, pos = rescan[1:] + buf[pos + len(data) :], 0
+                member_start += 1
+            else:
+                pos += len(data)
+                member_start += fed + len(data)
+            fed, window, windowed, dec = 0, [], True, zlib.decompressobj(31)
+            continue
+        if dec.eof:
+            used = len(data) - len(dec.unused_data)
+            pos += used
+            member_start += fed + used
+            fed, window, windowed, dec = 0, [], True, zlib.decompressobj(31)
+        else:
+            pos += len(data)
+            fed += len(data)
+            if windowed:
+                window.append(bytes(data))
+                windowed = fed <= MAX_RESYNC_WINDOW
+                if not windowed:
+                    window = []
+
+
+class ByteReader:
+    """Line and block reads over decompressed pieces, with positions and member locators."""
+
+    def __init__(self, events: Iterator[Event]):
+        self._events = events
+        self._buf = b""
+        self._i = 0  # read position in _buf
+        self._base = 0  # decompressed position of _buf[0]
+        self._marks: list[tuple[int, int]] = []  # (decompressed position, member offset), ascending
+        self._done = False
+
+    def tell(self) -> int:
+        return self._base + self._i
+
+    def locate(self, pos: int) -> tuple[int, int]:
+        """(member offset, position inside the member's output) for a decompressed position."""
+        member, start = 0, 0
+        for mark_pos, offset in self._marks:
+            if mark_pos > pos:
+                break
+            member, start = offset, mark_pos
+        return member, pos - start
+
+    def _forget_marks_before(self, pos: int) -> None:
+        # Keep the last mark at or before pos: it locates the record being read.
+        keep = 0
+        for idx, (mark_pos, _) in enumerate(self._marks):
+            if mark_pos <= pos:
+                keep = idx
+        if keep:
+            del self._marks[:keep]
+
+    def _more(self) -> bool:
+        """Append the next piece to the buffer; False at the end; StreamBreak on damage."""
+        if self._done:
+            return False
+        for event in self._events:
+            if isinstance(event, Break):
+                # Drop the unread rest of the damaged member and everything buffered.
+                self._base += len(self._buf)
+                self._buf, self._i = b"", 0
+                raise StreamBreak(event)
+            if not event.data:
+                continue
+            end = self._base + len(self._buf)
+            if not self._marks or self._marks[-1][1] != event.member_offset:
+                self._marks.append((end, event.member_offset))
+            if self._i:
+                self._buf = self._buf[self._i :] + event.data
+                self._base += self._i
+                self._i = 0
+            else:
+                self._buf += event.data
+            return True
+        self._done = True
+        return False
+
+    def mark_record_start(self) -> None:
+        self._forget_marks_before(self.tell())
+
+    def readline(self, limit: int = 1 << 16) -> bytes:
+        """One line including its b"\\n" (b"" at the end); at most `limit` bytes."""
+        while True:
+            nl = self._buf.find(b"\n", self._i, self._i + limit)
+            if nl >= 0:
+                line = self._buf[self._i : nl + 1]
+                self._i = nl + 1
+                return line
+            if len(self._buf) - self._i >= limit or not self._more():
+                take = min(limit, len(self._buf) - self._i)
+                line = self._buf[self._i : self._i + take]
+                self._i += take
+                return line
+
+    def read(self, n: int) -> bytes:
+        """Up to `n` bytes (fewer only at the end)."""
+        while len(self._buf) - self._i < n and self._more():
+            pass
+        out = self._buf[self._i : self._i + n]
+        self._i += len(out)
+        return out
+
+    def skip(self, n: int) -> int:
+        """Discard up to `n` bytes without keeping them; returns how many were skipped."""
+        skipped = 0
+        while skipped < n:
+            avail = len(self._buf) - self._i
+            if avail == 0:
+                self._base += len(self._buf)
+                self._buf, self._i = b"", 0
+                if not self._more():
+                    break
+                continue
+            take = min(avail, n - skipped)
+            self._i += take
+            skipped += take
+        return skipped
+
+    def peek(self, n: int) -> bytes:
+        while len(self._buf) - self._i < n and self._more():
+            pass
+        return self._buf[self._i : self._i + n]

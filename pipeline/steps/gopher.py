@@ -1,0 +1,267 @@
+"""Gopher's repetition and quality rules (Rae et al. 2021, "Scaling Language Models: Methods,
+Analysis & Insights from Training Gopher", appendix A.1.1 and table A1).
+
+Definitions used (where the paper leaves a detail open, the choice is stated):
+- words: whitespace-separated tokens, taken as they are (no normalisation).
+- lines: the non-blank lines; paragraphs: the stripped text split on two or more newlines.
+- a "duplicate" line/paragraph is an occurrence that repeats an earlier identical one in the
+  same document; its characters count towards the duplicate character fraction, whose
+  denominator is the document's length in characters.
+- n-gram character counts are sums of the words' lengths, over the document's total word
+  characters. Top n-gram (n = 2, 3, 4): count × characters of the most frequent n-gram (ties:
+  the longer), only when it occurs more than once. Duplicate n-grams (n = 5..10): characters
+  of every word covered by an n-gram occurring more than once, each word counted once
+  however many overlapping n-grams cover it.
+- quality: "words" for count and mean length are tokens holding a letter or digit; the
+  alphabetic-word rule looks at every token; stop words are matched lowercased with
+  surrounding punctuation trimmed, for languages that have a list (English by default).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.steps.base import Step
+from pipeline.steps.text import (
+    as_bool,
+    duplicate_stats,
+    first_reason,
+    lengths,
+    safe_div,
+    segment_ids,
+    segment_sum,
+    split,
+    split_words,
+    text_column,
+    with_columns,
+)
+
+_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+_DOC_MULT = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+class GopherRepetition(Step):
+    name = "gopher_repetition"
+
+    def __init__(
+        self,
+        dup_line_frac: float = 0.30,
+        dup_para_frac: float = 0.30,
+        dup_line_char_frac: float = 0.20,
+        dup_para_char_frac: float = 0.20,
+        top_n_grams: dict | None = None,
+        dup_n_grams: dict | None = None,
+        keep_scores: bool = False,
+    ):
+        super().__init__()
+        self.dup_line_frac = dup_line_frac
+        self.dup_para_frac = dup_para_frac
+        self.dup_line_char_frac = dup_line_char_frac
+        self.dup_para_char_frac = dup_para_char_frac
+        self.top_n_grams = {int(k): float(v) for k, v in (top_n_grams or {2: 0.20, 3: 0.18, 4: 0.16}).items()}
+        self.dup_n_grams = {int(k): float(v) for k, v in (dup_n_grams or {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}).items()}
+        self.keep_scores = keep_scores
+
+    def scores(self, texts: pa.Array) -> dict[str, np.ndarray]:
+        text_len = lengths(texts)
+        paras, p_off = split(pc.utf8_trim_whitespace(texts), r"\n{2,}", regex=True)
+        p_dup, p_chars = duplicate_stats(paras, p_off, lengths(paras))
+        lines, l_off = split(texts, "\n")
+        nonblank = lengths(pc.utf8_trim_whitespace(lines)) > 0
+        l_dup, l_chars = duplicate_stats(lines, l_off, lengths(lines), keep=nonblank)
+        n_lines = segment_sum(nonblank.astype(np.int64), l_off)
+        out = {
+            "dup_para_frac": safe_div(p_dup, np.diff(p_off)),
+            "dup_para_char_frac": safe_div(p_chars, text_len),
+            "dup_line_frac": safe_div(l_dup, n_lines),
+            "dup_line_char_frac": safe_div(l_chars, text_len),
+        }
+        words, w_off = split_words(texts)
+        out.update(ngram_fractions(words, w_off, sorted(self.top_n_grams), sorted(self.dup_n_grams)))
+        return out
+
+    def annotate(self, table):
+        texts = text_column(table)
+        s = self.scores(texts)
+        rules = [("empty", lengths(texts) == 0)]
+        rules += [(name, s[name] > limit) for name, limit in (
+            ("dup_para_frac", self.dup_para_frac),
+            ("dup_para_char_frac", self.dup_para_char_frac),
+            ("dup_line_frac", self.dup_line_frac),
+            ("dup_line_char_frac", self.dup_line_char_frac),
+        )]
+        rules += [(f"top_{n}_gram", s[f"top_{n}_gram"] > limit) for n, limit in sorted(self.top_n_grams.items())]
+        rules += [(f"dup_{n}_gram", s[f"dup_{n}_gram"] > limit) for n, limit in sorted(self.dup_n_grams.items())]
+        if self.keep_scores:
+            table = with_columns(table, {f"{self.name}_{k}": v.astype(np.float32) for k, v in s.items()})
+        return table, first_reason(table.num_rows, rules)
+
+
+def ngram_fractions(words: pa.Array, offsets: np.ndarray, top_ns: list[int], dup_ns: list[int]) -> dict[str, np.ndarray]:
+    """Top and duplicate n-gram character fractions per document.
+
+    Each word becomes a random 64-bit value (via Arrow's dictionary encoding), an n-gram the
+    polynomial combination of its words' values, rolled forward one word per n. An n-gram can
+    only repeat where its (n-1)-word prefix repeats, so after each n only the positions whose
+    n-gram occurs more than once are carried to n+1: the sorts shrink fast."""
+    n_docs = len(offsets) - 1
+    out = {f"top_{n}_gram": np.zeros(n_docs) for n in top_ns}
+    out.update({f"dup_{n}_gram": np.zeros(n_docs) for n in dup_ns})
+    n_words = len(words)
+    max_n = max(top_ns + dup_ns, default=0)
+    if n_words == 0 or max_n == 0:
+        return out
+    codes = np.asarray(pc.dictionary_encode(words).indices, dtype=np.int64)
+    rng = np.random.default_rng(0x60F4E2)  # fixed: the same text always gives the same figures
+    values = rng.integers(0, np.iinfo(np.uint64).max, size=int(codes.max()) + 1, dtype=np.uint64, endpoint=True)[codes]
+    word_len = lengths(words)
+    char_cs = np.zeros(n_words + 1, np.int64)
+    np.cumsum(word_len, out=char_cs[1:])
+    doc = segment_ids(offsets)
+    doc_end = offsets[1:][doc]
+    total_chars = segment_sum(word_len, offsets)
+    doc_key = doc.astype(np.uint64) * _DOC_MULT
+
+    hashes = values.copy()
+    positions = np.arange(n_words)
+    for n in range(1, max_n + 1):
+        if n > 1:
+            hashes[: n_words - n + 1] = hashes[: n_words - n + 1] * _HASH_MULT + values[n - 1 :]
+        positions = positions[positions + n <= doc_end[positions]]
+        if len(positions) == 0:
+            break
+        keys = hashes[positions] + doc_key[positions]
+        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        occurrences = counts[inverse]
+        repeated = occurrences > 1
+        positions, occurrences = positions[repeated], occurrences[repeated]
+        if n in top_ns and len(positions):
+            chars = char_cs[positions + n] - char_cs[positions]
+            # most frequent n-gram per document, the longer one on ties: maximise (count, chars)
+            rank = occurrences.astype(np.int64) << 40 | chars
+            best = np.zeros(n_docs, np.int64)
+            np.maximum.at(best, doc[positions], rank)
+            out[f"top_{n}_gram"] = safe_div((best >> 40) * (best & ((1 << 40) - 1)), total_chars)
+        if n in dup_ns and len(positions):
+            cover = np.bincount(positions, minlength=n_words + 1) - np.bincount(positions + n, minlength=n_words + 1)
+            covered = np.cumsum(cover)[:n_words] > 0
+            out[f"dup_{n}_gram"] = safe_div(segment_sum(np.where(covered, word_len, 0), offsets), total_chars)
+    return out
+
+
+ENGLISH_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
+BULLETS = ("•", "-", "*", "‣", "⁃", "◦", "▪", "●", "■", "–", "—")
+ELLIPSES = ("...", "…")
+_PUNCT_TRIM = "\"'()[]{}<>.,;:!?¿¡«»“”‘’`*_~-—–…/\\|"
+
+
+class GopherQuality(Step):
+    name = "gopher_quality"
+
+    def __init__(
+        self,
+        min_words: int = 50,
+        max_words: int = 100_000,
+        min_mean_word_length: float = 3,
+        max_mean_word_length: float = 10,
+        max_symbol_word_ratio: float = 0.1,
+        max_bullet_lines_ratio: float = 0.9,
+        max_ellipsis_lines_ratio: float = 0.3,
+        min_alpha_words_ratio: float = 0.8,
+        min_stop_words: int = 2,
+        stop_words: dict[str, list[str]] | None = None,
+        default_language: str = "en",
+        keep_scores: bool = False,
+    ):
+        super().__init__()
+        self.min_words = min_words
+        self.max_words = max_words
+        self.min_mean_word_length = min_mean_word_length
+        self.max_mean_word_length = max_mean_word_length
+        self.max_symbol_word_ratio = max_symbol_word_ratio
+        self.max_bullet_lines_ratio = max_bullet_lines_ratio
+        self.max_ellipsis_lines_ratio = max_ellipsis_lines_ratio
+        self.min_alpha_words_ratio = min_alpha_words_ratio
+        self.min_stop_words = min_stop_words
+        self.stop_words = {lang: [w.lower() for w in ws] for lang, ws in (stop_words or {"en": list(ENGLISH_STOP_WORDS)}).items()}
+        self.default_language = default_language
+        self.keep_scores = keep_scores
+
+    def scores(self, texts: pa.Array, languages: pa.Array | None) -> dict[str, np.ndarray]:
+        n_docs = len(texts)
+        tokens, t_off = split_words(texts)
+        is_word = as_bool(pc.match_substring_regex(tokens, r"[\pL\pN]"))
+        tok_len = lengths(tokens)
+        n_words = segment_sum(is_word.astype(np.int64), t_off)
+        n_tokens = np.diff(t_off)
+        alpha_tokens = segment_sum(as_bool(pc.match_substring_regex(tokens, r"\pL")).astype(np.int64), t_off)
+        hashes = np.asarray(pc.count_substring(texts, "#"), np.int64)
+        ellipses = np.asarray(pc.count_substring(texts, "..."), np.int64) + np.asarray(pc.count_substring(texts, "…"), np.int64)
+
+        lines, l_off = split(texts, "\n")
+        stripped_left = pc.utf8_ltrim_whitespace(lines)
+        nonblank = lengths(stripped_left) > 0
+        bullet = np.zeros(len(lines), bool)
+        for b in BULLETS:
+            bullet |= as_bool(pc.starts_with(stripped_left, b))
+        stripped_right = pc.utf8_rtrim_whitespace(lines)
+        ellipsis_end = np.zeros(len(lines), bool)
+        for e in ELLIPSES:
+            ellipsis_end |= as_bool(pc.ends_with(stripped_right, e))
+        n_lines = segment_sum(nonblank.astype(np.int64), l_off)
+
+        return {
+            "words": n_words.astype(np.float64),
+            "mean_word_length": safe_div(segment_sum(np.where(is_word, tok_len, 0), t_off), n_words),
+            "hash_ratio": safe_div(hashes, n_words),
+            "ellipsis_ratio": safe_div(ellipses, n_words),
+            "bullet_lines_ratio": safe_div(segment_sum((bullet & nonblank).astype(np.int64), l_off), n_lines),
+            "ellipsis_lines_ratio": safe_div(segment_sum((ellipsis_end & nonblank).astype(np.int64), l_off), n_lines),
+            "alpha_words_ratio": safe_div(alpha_tokens, n_tokens),
+            "stop_words": self._stop_word_counts(tokens, t_off, languages, n_docs),
+        }
+
+    def _stop_word_counts(self, tokens, offsets, languages, n_docs) -> np.ndarray:
+        """Distinct stop words of the document's language found; NaN where the language has no list."""
+        langs = np.array([self.default_language] * n_docs, dtype=object) if languages is None else np.array(
+            pc.fill_null(languages, self.default_language).to_pylist(), dtype=object)
+        result = np.full(n_docs, np.nan)
+        cleaned = None
+        for lang, words in self.stop_words.items():
+            docs = langs == lang
+            if not docs.any():
+                continue
+            if cleaned is None:
+                cleaned = pc.utf8_lower(pc.utf8_trim(tokens, _PUNCT_TRIM))
+            which = np.asarray(pc.fill_null(pc.index_in(cleaned, value_set=pa.array(words, cleaned.type)), -1), np.int64)
+            hit = which >= 0
+            tok_doc = segment_ids(offsets)
+            pairs = np.unique(tok_doc[hit] * len(words) + which[hit])
+            counts = np.bincount(pairs // len(words), minlength=n_docs)
+            result[docs] = counts[docs]
+        return result
+
+    def annotate(self, table):
+        texts = text_column(table)
+        langs = table.column("language") if "language" in table.column_names else None
+        if isinstance(langs, pa.ChunkedArray):
+            langs = langs.combine_chunks()
+        s = self.scores(texts, langs)
+        stop = s["stop_words"]
+        rules = [
+            ("min_words", s["words"] < self.min_words),
+            ("max_words", s["words"] > self.max_words),
+            ("min_mean_word_length", s["mean_word_length"] < self.min_mean_word_length),
+            ("max_mean_word_length", s["mean_word_length"] > self.max_mean_word_length),
+            ("hash_ratio", s["hash_ratio"] > self.max_symbol_word_ratio),
+            ("ellipsis_ratio", s["ellipsis_ratio"] > self.max_symbol_word_ratio),
+            ("bullet_lines", s["bullet_lines_ratio"] > self.max_bullet_lines_ratio),
+            ("ellipsis_lines", s["ellipsis_lines_ratio"] > self.max_ellipsis_lines_ratio),
+            ("alpha_words", s["alpha_words_ratio"] < self.min_alpha_words_ratio),
+            ("stop_words", ~np.isnan(stop) & (np.nan_to_num(stop, nan=0) < self.min_stop_words)),
+        ]
+        if self.keep_scores:
+            table = with_columns(table, {f"{self.name}_{k}": v.astype(np.float32) for k, v in s.items()})
+        return table, first_reason(table.num_rows, rules)
