@@ -10,7 +10,7 @@ set -eu
 : "${AWS_ACCESS_KEY_ID:?AWS_ACCESS_KEY_ID is not set}"
 : "${AWS_SECRET_ACCESS_KEY:?AWS_SECRET_ACCESS_KEY is not set}"
 : "${TOKENMILL_S3_ENDPOINT:?TOKENMILL_S3_ENDPOINT is not set}"
-# The bucket named by TOKENMILL_DATA_ROOT (s3://tokenmill/datasets) and by the policy file.
+# The bucket of TOKENMILL_DATA_ROOT (s3://tokenmill) and of the policy file.
 BUCKET=tokenmill
 POLICY_NAME=tokenmill-pipeline
 POLICY_FILE=/policies/minio-pipeline.json

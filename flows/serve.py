@@ -16,17 +16,17 @@ from flows.corpus_refresh import corpus_refresh
 from flows.ingest import ingest
 from flows.train import dataset_ready_trigger, train
 from pipeline.dataset import resolve_dataset_uri
-from pipeline.settings import data_root
+from pipeline.settings import ENV_REFRESH_CRON, ENV_REFRESH_DATASET, data_root
 from pipeline.storage import join
 
 
 def deployments() -> list:
-    dataset = os.environ.get("TOKENMILL_REFRESH_DATASET", "web")
+    dataset = os.environ.get(ENV_REFRESH_DATASET, "web")
     refresh_defaults = {"params": {"sources": [join(data_root(), "raw", "**")], "dataset": dataset}}
     return [
         ingest.to_deployment(name="ad-hoc", tags=["tokenmill"]),
         corpus_refresh.to_deployment(
-            name="scheduled", cron=os.environ.get("TOKENMILL_REFRESH_CRON", "0 3 * * *"), parameters=refresh_defaults, tags=["tokenmill"]
+            name="scheduled", cron=os.environ.get(ENV_REFRESH_CRON, "0 3 * * *"), parameters=refresh_defaults, tags=["tokenmill"]
         ),
         corpus_refresh.to_deployment(name="ad-hoc", tags=["tokenmill"]),
         train.to_deployment(name="on-dataset-ready", triggers=[dataset_ready_trigger(resolve_dataset_uri(dataset))], tags=["tokenmill"]),

@@ -57,13 +57,14 @@ DEFAULTS: dict = {
         "precision": "auto",
         "activation_checkpointing": False,
         "cpu_threads": None,
+        "stop_after": None,
     },
     "checkpoint": {"uri": None, "every": 100},
     "eval": {"every": 100, "batches": 4},
     "log": {"every": 1, "tensorboard": False},
     "device": {"peak_flops": None},
     "dist": {"timeout_s": 600},
-    "debug": {"stall_at_step": None},
+    "debug": {"stall_at_step": None, "nan_at_step": None},
 }
 
 
@@ -320,7 +321,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
     peak = cfg["device"]["peak_flops"] or (device_peak_flops(torch.cuda.get_device_name(device), precision) if cuda else None)
     flops_per_token = model.flops_per_token(seq_len)
     tokens_per_step = t["micro_batch_size"] * t["grad_accum"] * world * seq_len
-    stall_at = cfg["debug"]["stall_at_step"]
+    stall_at, nan_at = cfg["debug"]["stall_at_step"], cfg["debug"]["nan_at_step"]
 
     def save(step: int) -> str:
         tag = tag_for(step)
@@ -341,7 +342,9 @@ def train(cfg: dict, resume: bool = False) -> dict:
     last_loss = float("nan")
     last_saved = state.step if resume else -1
     checkpoint_uri = None
-    while state.step < t["steps"]:
+    # stop_after ends this launch early (a job time limit); the LR schedule still spans train.steps.
+    end = min(t["steps"], t["stop_after"] or t["steps"])
+    while state.step < end:
         step = state.step + 1
         if stall_at is not None and step == stall_at and rank == 0:
             print(f"model.train: debug.stall_at_step={stall_at}: rank 0 stalls here on purpose", file=sys.stderr, flush=True)
@@ -356,6 +359,8 @@ def train(cfg: dict, resume: bool = False) -> dict:
             engine.backward(loss)
             engine.step()
             loss_sum += loss.item()
+        if nan_at is not None and step == nan_at:
+            loss_sum = float("nan")  # fault injection: exercises the divergence check below
         last_loss = _all_mean(loss_sum / t["grad_accum"], device)
         if not math.isfinite(last_loss):
             raise TrainingError(f"loss is {last_loss} at step {step} (lr {lr:.3g}); stopping: lower train.lr or check the data")
@@ -375,7 +380,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
         if val_rows is not None and (step % cfg["eval"]["every"] == 0 or step == t["steps"]):
             state.last_val_loss, ppl = evaluate(engine, val_rows, t["micro_batch_size"], pad, device)
             monitor.log({"step": step, "val_loss": state.last_val_loss, "val_ppl": ppl, "time": time.time()})
-        if step % cfg["checkpoint"]["every"] == 0 or step == t["steps"]:
+        if step % cfg["checkpoint"]["every"] == 0 or step == end:
             checkpoint_uri = save(step)
             last_saved = step
     if last_saved != state.step:  # resumed at the end already: make sure a final checkpoint exists
@@ -386,8 +391,9 @@ def train(cfg: dict, resume: bool = False) -> dict:
         "tokens_seen": state.tokens_seen, "wall_s": time.time() - start_wall, "checkpoint": checkpoint_uri,
     }  # fmt: skip
     dist.barrier()
-    monitor.completed(result)  # rank 0's very last act
     monitor.close()
+    if state.step == t["steps"]:
+        monitor.completed(result)  # rank 0's very last act
     return result
 
 

@@ -87,8 +87,8 @@ def retry(fn: Callable[[], T], *, attempts: int = 6, base_delay: float = 0.5, wh
     for attempt in range(attempts):
         try:
             return fn()
-        except PreconditionFailed:
-            raise
+        except (PreconditionFailed, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+            raise  # answers, not outages: retrying cannot change them
         except (EndpointConnectionError, ConnectionError, OSError, BotoCoreError, ClientError) as exc:
             if isinstance(exc, ClientError) and not _is_transient(exc):
                 raise

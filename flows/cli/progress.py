@@ -40,7 +40,3 @@ def run_with_progress(description: str, total: int, work: Callable[[], T], done:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
-
-
-def register(sub) -> None:
-    """No command of its own: a helper module."""

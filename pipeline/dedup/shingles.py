@@ -79,8 +79,8 @@ def _fold_separators(texts: pa.LargeStringArray) -> pa.LargeStringArray:
     sep = _ASCII_SEPARATOR[data]
     leads = np.flatnonzero(data >= 0xC0)
     if leads.size:
-        padded = np.concatenate([data, np.zeros(3, np.uint8)]).astype(np.int32)
-        b0, b1, b2, b3 = (padded[leads + k] for k in range(4))
+        padded = np.concatenate([data, np.zeros(3, np.uint8)])
+        b0, b1, b2, b3 = (padded[leads + k].astype(np.int32) for k in range(4))
         length = 2 + (b0 >= 0xE0) + (b0 >= 0xF0)
         b1, b2, b3 = b1 & 0x3F, b2 & 0x3F, b3 & 0x3F
         code = np.where(
@@ -113,7 +113,9 @@ def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.LargeStringArray:
 def words_of(text: str) -> list[str]:
     """The words of one document, computed in plain Python: the definition the vectorised
     `normalize` + `word_hashes` implement (tests compare the two)."""
-    lowered = unicodedata.normalize("NFKC", text).lower()
+    # Arrow lower-cases with Unicode's simple (one character to one) mapping, without the
+    # context rules of str.lower (final sigma) or its multi-character results (U+0130).
+    lowered = "".join(ch.lower()[:1] for ch in unicodedata.normalize("NFKC", text))
     return "".join(" " if is_separator(ch) else ch for ch in lowered).split()
 
 

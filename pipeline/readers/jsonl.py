@@ -29,7 +29,7 @@ class JsonlReader(Reader):
         self._raw = CountingStream(self.store.open_read(self.uri))
         limit = self.max_doc_bytes + 1
         try:
-            reader = ByteReader(decompressed_events(self._raw, self.uri))
+            reader = ByteReader(decompressed_events(self._raw))
             while True:
                 offset = reader.tell()
                 try:
@@ -95,14 +95,16 @@ class JsonlReader(Reader):
             self.quarantine(offset, "empty_text", "`text` is empty", raw=line)
             return False
         given_id = row.pop("id", None)
+        # Pop the mapped fields first: what is left over becomes metadata.
+        mapped = {name: _pop_str(row, name) for name in SCALAR_FIELDS}
+        mapped["crawl_timestamp"] = _pop_timestamp(row)
+        mapped["language_score"] = _pop_float(row, "language_score")
         batch.add(
             id=str(given_id) if given_id not in (None, "") else fallback_id(self.uri, str(offset)),
             text=text,
             provenance=f"jsonl:{offset}",
-            crawl_timestamp=_pop_timestamp(row),
-            language_score=_pop_float(row, "language_score"),
             metadata=_metadata(row),
-            **{name: _pop_str(row, name) for name in SCALAR_FIELDS},
+            **mapped,
         )
         return True
 

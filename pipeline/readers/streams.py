@@ -31,7 +31,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 @dataclass(frozen=True)
 class Piece:
-    member_offset: int  # compressed offset of the gzip member (0 for zstd/plain)
+    member_offset: int | None  # compressed offset of the gzip member; None for zstd/plain streams
     data: bytes
 
 
@@ -39,7 +39,7 @@ class Piece:
 class Break:
     """Data of the member at `member_offset` stopped short; what came before it is unreliable."""
 
-    member_offset: int
+    member_offset: int | None  # None: not a gzip stream, the reader's position locates it
     reason: str
     detail: str
 
@@ -69,8 +69,8 @@ class CountingStream:
         self.raw.close()
 
 
-def sniff_compression(head: bytes, name: str) -> str:
-    """"gzip", "zstd" or "none" from the magic bytes (names lie; magic does not)."""
+def sniff_compression(head: bytes) -> str:
+    """"gzip", "zstd" or "none" from the first bytes."""
     if head.startswith(GZIP_MAGIC[:2]):
         return "gzip"
     if head.startswith(ZSTD_MAGIC):
@@ -78,9 +78,10 @@ def sniff_compression(head: bytes, name: str) -> str:
     return "none"
 
 
-def decompressed_events(raw: CountingStream, name: str) -> Iterator[Event]:
+def decompressed_events(raw: CountingStream) -> Iterator[Event]:
+    """Pieces of the decompressed stream, compression told by magic bytes (names lie)."""
     head = raw.read(4)
-    kind = sniff_compression(head, name)
+    kind = sniff_compression(head)
     if kind == "gzip":
         return gzip_pieces(raw, head)
     if kind == "zstd":
@@ -90,36 +91,41 @@ def decompressed_events(raw: CountingStream, name: str) -> Iterator[Event]:
 
 def plain_pieces(raw: CountingStream, head: bytes) -> Iterator[Event]:
     if head:
-        yield Piece(0, head)
+        yield Piece(None, head)
     while chunk := raw.read(READ_CHUNK):
-        yield Piece(0, chunk)
+        yield Piece(None, chunk)
 
 
 def zstd_pieces(raw: CountingStream, head: bytes) -> Iterator[Event]:
-    """zstd frames have no cheap resync point: damage ends the stream with a Break."""
+    """zstd frames one after another. zstd has no cheap resync point, so damage ends the
+    stream with a Break (what was decoded before it stands). A decompression object is used
+    rather than zstandard's stream_reader, which returns b"" for a truncated frame instead of
+    saying so."""
     dctx = zstandard.ZstdDecompressor()
-    reader = dctx.stream_reader(_Prefixed(head, raw), read_across_frames=True, read_size=READ_CHUNK)
-    try:
-        while chunk := reader.read(MAX_PIECE):
-            yield Piece(0, chunk)
-    except zstandard.ZstdError as exc:
-        yield Break(0, "corrupt_zstd", f"zstd stream damaged: {exc}")
-        return
-    except EOFError as exc:  # truncated final frame (zstandard raises EOFError in some versions)
-        yield Break(0, "corrupt_zstd", f"zstd stream truncated: {exc}")
-
-
-class _Prefixed:
-    """A stream with some already-read bytes put back in front."""
-
-    def __init__(self, head: bytes, raw: CountingStream):
-        self.head, self.raw = head, raw
-
-    def read(self, n: int = -1) -> bytes:
-        if self.head:
-            out, self.head = self.head, b""
-            return out
-        return self.raw.read(n)
+    dobj = dctx.decompressobj()
+    fed = False  # the current frame has input
+    chunk = head
+    while True:
+        if not chunk:
+            chunk = raw.read(FEED)
+            if not chunk:
+                if fed:
+                    yield Break(None, "corrupt_zstd", "zstd stream ends inside a frame (file truncated)")
+                return
+        try:
+            out = dobj.decompress(chunk)
+        except zstandard.ZstdError as exc:
+            yield Break(None, "corrupt_zstd", f"zstd stream damaged: {exc}")
+            return
+        fed = True
+        if out:
+            yield Piece(None, out)
+        if dobj.eof:
+            chunk = dobj.unused_data
+            dobj = dctx.decompressobj()
+            fed = False
+        else:
+            chunk = b""
 
 
 def gzip_pieces(raw: CountingStream, head: bytes) -> Iterator[Event]:
@@ -156,7 +162,8 @@ def gzip_pieces(raw: CountingStream, head: bytes) -> Iterator[Event]:
                     continue
                 junk = buf[pos : pos + skip]
                 if not hunting and junk.strip(b"\0"):
-                    yield Break(member_start, "truncated_gzip", f"{len(junk)}+ bytes at {member_start} are not gzip data")
+                    at = member_start + len(junk) - len(junk.lstrip(b"\0"))
+                    yield Break(at, "truncated_gzip", f"bytes at {at} are not gzip data (damaged or stray bytes between members)")
                     hunting = True
                 member_start += skip
                 pos += skip
@@ -216,7 +223,10 @@ class ByteReader:
         return self._base + self._i
 
     def locate(self, pos: int) -> tuple[int, int]:
-        """(member offset, position inside the member's output) for a decompressed position."""
+        """(member offset, position inside the member's output) for a decompressed position;
+        (position, 0) for streams without gzip members."""
+        if not self._marks:
+            return pos, 0
         member, start = 0, 0
         for mark_pos, offset in self._marks:
             if mark_pos > pos:
@@ -246,7 +256,7 @@ class ByteReader:
             if not event.data:
                 continue
             end = self._base + len(self._buf)
-            if not self._marks or self._marks[-1][1] != event.member_offset:
+            if event.member_offset is not None and (not self._marks or self._marks[-1][1] != event.member_offset):
                 self._marks.append((end, event.member_offset))
             if self._i:
                 self._buf = self._buf[self._i :] + event.data

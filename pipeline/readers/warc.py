@@ -32,7 +32,7 @@ class _WarcFamilyReader(Reader):
     def _fill(self, batch: DocumentBatch) -> Iterator[None]:
         self._raw = CountingStream(self.store.open_read(self.uri))
         try:
-            reader = ByteReader(decompressed_events(self._raw, self.uri))
+            reader = ByteReader(decompressed_events(self._raw))
             for item in iter_warc_records(reader, self.max_doc_bytes):
                 self._records += 1
                 if isinstance(item, RecordError):

@@ -123,7 +123,8 @@ def iter_warc_records(reader: ByteReader, max_block: int) -> Iterator[Union[Warc
             yield WarcRecord(offset, inner, headers, length, block, raw_head)
         except StreamBreak as exc:
             brk = exc.brk
-            yield RecordError(brk.member_offset, brk.reason, brk.detail, record_id)
+            at = brk.member_offset if brk.member_offset is not None else offset if offset is not None else reader.tell()
+            yield RecordError(at, brk.reason, brk.detail, record_id)
             pushed = None
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import pipeline.settings as settings
+from pipeline import settings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -60,7 +60,9 @@ def prefect_yaml() -> dict | None:
     return yaml.safe_load(PREFECT_YAML.read_text()) if PREFECT_YAML.exists() else None
 
 
-IMAGE_TAG = re.compile(r"^(?P<name>[^:@\s]+(?::\d+)?(?:/[^:@\s]+)*)(?::(?P<tag>[\w][\w.-]*))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
+IMAGE_TAG = re.compile(
+    r"^(?P<name>[^:@\s]+(?::\d+)?(?:/[^:@\s]+)*)(?::(?P<tag>[\w][\w.-]*))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
 
 
 def image_pin_problem(image: str) -> str | None:

@@ -16,8 +16,8 @@ from pipeline.schema import DOCUMENT_SCHEMA, documents_from_pylist
 from pipeline.storage import ObjectStore
 from pipeline.tokenize import tokenize_dataset
 
-DOCS = 400
-DOCS_PER_SHARD = 100
+DOCS = 120
+DOCS_PER_SHARD = 40
 VOCAB = 1024
 SEQ_LEN = 32
 

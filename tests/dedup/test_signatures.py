@@ -1,0 +1,97 @@
+"""Signatures and banding against datasketch itself (no storage involved)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+from pipeline.dedup import DedupConfig, DedupError, band_hashes, normalize, optimal_band_params, shingle_hash64, shingle_hashes, shingles, signatures, to_lean_minhash, words_of
+from pipeline.dedup.shingles import word_hashes, xxh64_each
+from tests.dedup.corpus import web_docs
+
+EDGE_CASES = [
+    "",
+    "   \n\t ",
+    "...!!! ---",
+    "one",
+    "Two words",
+    "exactly five words right here",
+    "Ｆｕｌｌｗｉｄｔｈ ＴＥＸＴ and ﬁ ligatures, “curly quotes” — dashes\u00a0nbsp\u3000ideographic space",
+    "Größe STRASSE Ünïcödé ΣΊΣΥΦΟΣ İstanbul 😀emoji😀 tab\there\r\nnewline",
+    "word " * 40,
+]
+
+
+@pytest.fixture(scope="module")
+def texts(shared) -> list[str]:
+    return [d["text"] for d in web_docs(shared, 25)] + EDGE_CASES
+
+
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+def test_signatures_bit_identical_to_datasketch(texts, scheme):
+    sh = shingle_hashes(normalize(pa.array(texts, pa.large_string())), 5)
+    sig = signatures(sh, 128, 7, scheme)
+    for i, text in enumerate(texts):
+        expected = MinHash(num_perm=128, seed=7, hashfunc=lambda s: shingle_hash64(s) & 0xFFFFFFFF, scheme=scheme)
+        doc_shingles = shingles(text, 5)
+        expected.update_batch(doc_shingles)
+        assert [shingle_hash64(s) for s in doc_shingles] == sh.of(i).tolist()
+        assert sig[i].dtype == expected.hashvalues.dtype
+        assert np.array_equal(sig[i], expected.hashvalues), f"doc {i} ({text[:30]!r})"
+        lean = to_lean_minhash(sig[i], 7, scheme)
+        assert lean == LeanMinHash(expected)
+    assert np.all(sig[texts.index("")] == np.iinfo(sig.dtype).max if scheme == "affine32" else sig[texts.index("")] == 0xFFFFFFFF)
+
+
+def test_chunking_does_not_change_signatures(texts, monkeypatch):
+    import pipeline.dedup.minhash as mh
+
+    sh = shingle_hashes(normalize(pa.array(texts, pa.large_string())), 3)
+    whole = signatures(sh, 64, 1)
+    monkeypatch.setattr(mh, "CHUNK_CELLS", 64 * 37)  # chunk boundaries fall inside documents
+    assert np.array_equal(mh.signatures(sh, 64, 1), whole)
+
+
+def test_vectorised_words_match_the_plain_python_definition(texts):
+    normalized = normalize(pa.array(texts, pa.large_string()))
+    hashes, counts = word_hashes(normalized)
+    expected = [w for t in texts for w in words_of(t)]
+    assert counts.tolist() == [len(words_of(t)) for t in texts]
+    assert hashes.tolist() == xxh64_each(pa.array(expected, pa.large_string())).tolist()
+    assert words_of("Don't—STOP!  Ｎｏｗ") == ["don", "t", "stop", "now"]
+
+
+def test_short_and_empty_documents():
+    sh = shingle_hashes(normalize(pa.array(["Hello, world!", "", None, "a b c d e f"], pa.large_string())), 5)
+    assert sh.words.tolist() == [2, 0, 0, 6]
+    assert sh.counts.tolist() == [1, 0, 0, 2]
+    assert sh.of(0).tolist() == [shingle_hash64(b"hello world")]
+    assert sh.of(3).tolist() == [shingle_hash64(b"a b c d e"), shingle_hash64(b"b c d e f")]
+
+
+@pytest.mark.parametrize("threshold,num_perm", [(0.8, 128), (0.7, 256), (0.9, 64)])
+def test_band_params_are_datasketchs(threshold, num_perm):
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    assert optimal_band_params(threshold, num_perm) == (lsh.b, lsh.r)
+    assert DedupConfig(num_perm=num_perm, threshold=threshold).band_params == (lsh.b, lsh.r)
+    assert DedupConfig(num_perm=112, bands=14, rows=8).band_params == (14, 8)
+    with pytest.raises(DedupError):
+        DedupConfig(num_perm=64, bands=14, rows=8)
+
+
+def test_band_hashes_collide_exactly_when_datasketch_buckets_do(texts):
+    """Two documents share our band hash iff datasketch's MinHashLSH puts them in one bucket."""
+    near = [texts[0], texts[0].replace(" the ", " a ", 3), texts[1], texts[1] + " trailing words added here"]
+    sh = shingle_hashes(normalize(pa.array(near, pa.large_string())), 5)
+    sig = signatures(sh, 128, 1)
+    bands, rows = optimal_band_params(0.5, 128)
+    bh = band_hashes(sig, bands, rows)
+    lsh = MinHashLSH(threshold=0.5, num_perm=128)
+    lean = [to_lean_minhash(s, 1) for s in sig]
+    for i, m in enumerate(lean):
+        lsh.insert(str(i), m)
+    for i in range(len(near)):
+        ours = {str(j) for j in range(len(near)) if np.any(bh[i] == bh[j])}
+        assert ours == set(lsh.query(lean[i]))
