@@ -160,7 +160,17 @@ def run_group(group: str, uris: list[str], work: str, out: str, config: dict) ->
         result = stages.clusters_stage(work, cfg, store)
     else:
         result = [stages.filter_stage(u, work, version, cfg, store) for u in uris] + [stages.audit_stage(work, version, cfg, store)]
-    return {"cpu_s": cpu_seconds() - start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "result": result}
+    return {"cpu_s": cpu_seconds() - start, "peak_rss_mb": peak_rss_mb(), "result": result}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
+    forking parent across exec, so a child would report the (large) parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_pipeline(uris: list[str], tmp: Path, config: dict, label: str) -> dict:

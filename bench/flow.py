@@ -79,7 +79,7 @@ def run(args, server) -> None:
     from flows.ingest import list_sources
     from pipeline.dedup import DedupConfig
     from pipeline.process import ReadOptions
-    from pipeline.refresh import plan_refresh, run_refresh
+    from pipeline.refresh import DEFAULT_DEDUP, plan_refresh, run_refresh
     from pipeline.steps.chain import load_filter_config
 
     store = server.store()
@@ -103,7 +103,7 @@ def run(args, server) -> None:
     build_chain(load_filter_config(None))
 
     timings = {}
-    plan = plan_refresh(list_sources(sources, store), "s3://bench/datasets/plain-2", load_filter_config(None), DedupConfig(), read=ReadOptions(), store=store)
+    plan = plan_refresh(list_sources(sources, store), "s3://bench/datasets/plain-2", load_filter_config(None), DedupConfig(**DEFAULT_DEDUP), read=ReadOptions(), store=store)
     start = time.perf_counter()
     with ProcessPoolExecutor(2) as pool:
         run_refresh(plan, executor=pool)

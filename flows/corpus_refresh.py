@@ -25,7 +25,7 @@ from pipeline.steps.chain import load_filter_config
 from pipeline.storage import ObjectStore, basename
 
 from flows.ingest import list_sources
-from flows.reporting import Progress, publish_markdown, publish_unit_table
+from flows.reporting import Progress, publish_markdown, publish_table, publish_unit_table
 from flows.runners import RunnerOptions, task_runner
 
 DATASET_READY_EVENT = "tokenmill.dataset.ready"
@@ -38,7 +38,7 @@ class CorpusRefreshParams(BaseModel):
     sources: list[str] = Field(..., min_length=1, description="input URIs or globs (WARC/WET/JSONL/Parquet)")
     dataset: str = Field(..., description="output dataset name (under $TOKENMILL_DATA_ROOT/datasets/) or URI")
     filters: str | dict[str, Any] | None = Field(None, description="filter config: a YAML path/URI or an inline dict merged over the defaults")
-    dedup: dict[str, Any] = Field(default_factory=dict, description="DedupConfig fields (threshold, num_perm, bands, rows, exact, ...)")
+    dedup: dict[str, Any] = Field(default_factory=dict, description="DedupConfig fields over the refresh defaults (threshold, num_perm, bands, rows, exact, ...)")
     format: str | None = Field(None, description="input format; default: from file names")
     max_doc_bytes: int = Field(5_000_000, ge=1024)
     target_shard_mb: int = Field(128, ge=1)
@@ -55,9 +55,14 @@ def signatures(plan: refresh.RefreshPlan, shard_uri: str) -> dict:
     return refresh.signatures(plan, shard_uri)
 
 
+@task(name="dedup-plan", **STAGE_TASK)
+def plan_deduplication(plan: refresh.RefreshPlan) -> tuple[list[str], list[str]]:
+    return refresh.plan_deduplication(plan)
+
+
 @task(name="dedup-candidates", **STAGE_TASK)
-def candidates(plan: refresh.RefreshPlan, partition: int) -> dict:
-    return refresh.candidates(plan, partition)
+def candidates(plan: refresh.RefreshPlan, partitions: list[str]) -> list[dict]:
+    return [refresh.candidates(plan, p) for p in partitions]
 
 
 @task(name="dedup-clusters", **STAGE_TASK)
@@ -70,6 +75,11 @@ def deduplicate_shard(plan: refresh.RefreshPlan, shard_uri: str) -> dict:
     return refresh.deduplicate_shard(plan, shard_uri)
 
 
+@task(name="dedup-audit", **STAGE_TASK)
+def audit(plan: refresh.RefreshPlan) -> dict:
+    return refresh.audit(plan)
+
+
 def _gather(futures, progress: Progress | None = None) -> list:
     """Results in submission order; progress advances in completion order."""
     for _ in as_completed(futures):
@@ -78,8 +88,15 @@ def _gather(futures, progress: Progress | None = None) -> list:
     return [f.result() for f in futures]
 
 
+def coarse_groups(items: list, workers: int) -> list[list]:
+    """About two groups per worker: each task costs ~0.2 s of orchestration, a band partition
+    only a fraction of that, so partitions travel in groups."""
+    n = max(1, min(len(items), 2 * workers))
+    return [items[i::n] for i in range(n)]
+
+
 @flow(name="corpus-refresh-stages")
-def refresh_stages(plan: refresh.RefreshPlan) -> dict:
+def refresh_stages(plan: refresh.RefreshPlan, workers: int) -> dict:
     """The mapped stages; runs under the task runner the parameters chose."""
     logger = get_run_logger()
     shards_total = len(plan.sources)
@@ -87,12 +104,13 @@ def refresh_stages(plan: refresh.RefreshPlan) -> dict:
     filter_results = _gather(filter_source.map(plan, list(plan.sources)), progress)
     for r in filter_results:
         logger.info("%s: %d read, %d kept%s", basename(r["source"]), r["reader"].get("documents", 0), r["documents_out"], " (resumed)" if r["skipped"] else "")
-    shards = refresh.filtered_shards(plan)
+    shards, partitions = plan_deduplication(plan)
     dedup: dict = {"signatures": _gather(signatures.map(plan, shards))}
-    dedup["candidates"] = _gather(candidates.map(plan, refresh.candidate_partitions(plan)))
+    dedup["candidates"] = [c for group in _gather(candidates.map(plan, coarse_groups(partitions, workers))) for c in group]
     dedup["clusters"] = clusters(plan)
     progress.advance()
     dedup["filter"] = _gather(deduplicate_shard.map(plan, shards), progress)
+    dedup["audit"] = audit(plan)
     return {"filter_results": filter_results, "dedup": dedup}
 
 
@@ -107,7 +125,7 @@ def corpus_refresh(params: CorpusRefreshParams) -> dict:
     sources = list_sources(params.sources, store)
     filter_config = params.filters if isinstance(params.filters, dict) and "steps" in params.filters else load_filter_config(params.filters)
     plan = refresh.plan_refresh(
-        sources, uri, filter_config, DedupConfig(**params.dedup),
+        sources, uri, filter_config, DedupConfig(**{**refresh.DEFAULT_DEDUP, **params.dedup}),
         read=ReadOptions(fmt=params.format, max_doc_bytes=params.max_doc_bytes), target_bytes=params.target_shard_mb << 20, store=store,
     )  # fmt: skip
     logger.info("refresh of %d sources into %s", len(sources), plan.final.uri)
@@ -115,11 +133,11 @@ def corpus_refresh(params: CorpusRefreshParams) -> dict:
         logger.info("version %s is already sealed: nothing to do", plan.version)
         manifest = plan.final.manifest()
     else:
-        stages = refresh_stages.with_options(task_runner=task_runner(params.runner))(plan)
+        stages = refresh_stages.with_options(task_runner=task_runner(params.runner))(plan, params.runner.workers)
         manifest = refresh.seal(plan, stages["filter_results"], stages["dedup"])
         publish_unit_table("refresh-units", stages["filter_results"], f"kept/dropped per source for {plan.final.uri}")
     report = manifest.extra["refresh"]
-    publish_unit_table("refresh-totals", [_totals_row(report)], "kept/dropped for the whole refresh")
+    publish_table("refresh-totals", [_totals_row(report)], "kept/dropped for the whole refresh")
     publish_markdown("refresh-report", render_report(plan.final.uri, report), f"refresh {plan.version}")
     emit_event(
         DATASET_READY_EVENT,

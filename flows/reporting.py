@@ -15,7 +15,7 @@ class Progress:
 
     def advance(self, n: int = 1) -> None:
         self.done += n
-        update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
+        update_progress_artifact(self.id, progress=min(100.0, 100.0 * self.done / self.total))
 
 
 def unit_rows(results: list[dict]) -> list[dict]:
@@ -52,7 +52,11 @@ def totals(results: list[dict]) -> dict:
 
 
 def publish_unit_table(key: str, results: list[dict], description: str) -> None:
-    create_table_artifact(key=key, table=unit_rows(results), description=description)
+    publish_table(key, unit_rows(results), description)
+
+
+def publish_table(key: str, rows: list[dict], description: str) -> None:
+    create_table_artifact(key=key, table=rows, description=description)
 
 
 def publish_markdown(key: str, markdown: str, description: str) -> None:

@@ -22,13 +22,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import DeploymentEventTrigger
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows.watch import AttemptWatcher, MetricsLog, Verdict
 from infra.backends import JobBackend, JobHandle, JobSpec, make_backend
 from pipeline.dataset import latest_version
 from pipeline.settings import StorageSettings, data_root, tokenmill_home
-from pipeline.storage import ObjectStore, join
+from pipeline.storage import ObjectStore, basename, join
 
 JOB_FILE = "job.json"  # the running attempt's handle, for the cancellation hook
 DATASET_READY_EVENT = "tokenmill.dataset.ready"
@@ -48,7 +48,9 @@ class Resources(BaseModel):
 class TrainParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    run_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", description="default: <dataset name>-<version>"
+    )
     dataset_uri: str = Field(description="a corpus dataset (s3:// URI or local path)")
     dataset_version: str = Field("latest", description="a sealed version id, or 'latest'")
     tokenizer_uri: str | None = Field(None, description="an existing tokenizer.json; None trains one from the dataset")
@@ -67,8 +69,12 @@ class TrainParameters(BaseModel):
     checkpoint_every: int = Field(50, ge=1)
     eval_every: int = Field(50, ge=1)
     checkpoint_uri: str | None = Field(None, description="checkpoint root; default <run_dir>/checkpoints")
-    trainer_overrides: dict[str, Any] = Field(default_factory=dict, description="other trainer config keys, dotted (model/configs/README.md)")
-    first_attempt_overrides: dict[str, Any] = Field(default_factory=dict, description="applied to the first attempt only (fault injection: debug.stall_at_step)")
+    trainer_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="other trainer config keys, dotted (model/configs/README.md)"
+    )
+    first_attempt_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="applied to the first attempt only (fault injection: debug.stall_at_step)"
+    )
 
     backend: Literal["local", "slurm", "kubernetes"] = "local"
     backend_options: dict[str, Any] = Field(default_factory=dict)
@@ -93,6 +99,16 @@ class TrainParameters(BaseModel):
         if value not in PRESETS:
             raise ValueError(f"unknown model preset {value!r}; choose one of {sorted(PRESETS)}")
         return value
+
+    @model_validator(mode="after")
+    def _default_run_name(self) -> "TrainParameters":
+        """One run per dataset version unless named otherwise: re-running resumes that run."""
+        if self.run_name is None:
+            if self.dataset_version == "latest":
+                raise ValueError("give run_name when training on the 'latest' version (a run name must not change meaning)")
+            dataset = re.sub(r"[^A-Za-z0-9._-]+", "-", basename(self.dataset_uri)).strip("-.") or "dataset"
+            self.run_name = f"{dataset}-{self.dataset_version}"[:63]
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -141,7 +157,12 @@ def trainer_config(params: TrainParameters, tokens: dict) -> dict:
         "run_dir": str(params.run_dir),
         "model": {"preset": params.model_preset},
         "data": {"dataset": tokens["dataset"], "version": tokens["version"]},
-        "train": {"steps": params.steps, "micro_batch_size": params.micro_batch_size, "lr": params.lr, "warmup_steps": params.warmup_steps},
+        "train": {
+            "steps": params.steps,
+            "micro_batch_size": params.micro_batch_size,
+            "lr": params.lr,
+            "warmup_steps": params.warmup_steps,
+        },
         "checkpoint": {"uri": params.checkpoint_uri, "every": params.checkpoint_every},
         "eval": {"every": params.eval_every},
     }
@@ -208,7 +229,11 @@ def watch(params: TrainParameters, handle: JobHandle, metrics: MetricsLog, progr
             return  # the API need not hear about every step
         last_update[0] = time.monotonic()
         latest = metrics.latest() or {}
-        update_progress_artifact(progress_id, min(100.0, 100.0 * metrics.last_step / params.steps), description=f"step {metrics.last_step}/{params.steps}, loss {latest.get('loss')}")
+        update_progress_artifact(
+            progress_id,
+            min(100.0, 100.0 * metrics.last_step / params.steps),
+            description=f"step {metrics.last_step}/{params.steps}, loss {latest.get('loss')}",
+        )
 
     watcher = AttemptWatcher(
         backend_for(params),
@@ -221,7 +246,7 @@ def watch(params: TrainParameters, handle: JobHandle, metrics: MetricsLog, progr
         on_metrics=on_metrics,
     )
     verdict = watcher.run(params.poll_s)
-    logger.log(20 if verdict.ok else 40, "attempt %s: %s (%s)", handle.job_id, verdict.outcome, verdict.reason)
+    logger.log(20 if verdict.ok else 40, "job %s: %s (%s)", handle.job_id, verdict.outcome, verdict.reason)
     return verdict, metrics
 
 
@@ -268,7 +293,11 @@ def mean(values: list[float]) -> float | None:
 def summarize(params: TrainParameters, metrics: MetricsLog, completion: dict, wall_s: float) -> dict:
     r = params.resources
     devices = r.nodes * (r.gpus_per_node or r.procs_per_node)
-    watts = r.nodes * (r.gpus_per_node * params.gpu_power_w if r.gpus_per_node else (r.cpus_per_node or r.procs_per_node) * params.cpu_core_power_w)
+    watts = r.nodes * (
+        r.gpus_per_node * params.gpu_power_w
+        if r.gpus_per_node
+        else (r.cpus_per_node or r.procs_per_node) * params.cpu_core_power_w
+    )
     energy_kwh = watts * wall_s / 3600 / 1000
     steady = [m for step, m in sorted(metrics.train.items()) if step > 1]  # step 1 carries start-up costs
     return {
@@ -335,7 +364,11 @@ def report_markdown(params: TrainParameters, summary: dict, locations: dict, res
         f"| restarts | {len(restarts)} |",
         "",
         "Energy assumes "
-        + (f"{params.gpu_power_w:g} W per GPU" if params.resources.gpus_per_node else f"{params.cpu_core_power_w:g} W per CPU core")
+        + (
+            f"{params.gpu_power_w:g} W per GPU"
+            if params.resources.gpus_per_node
+            else f"{params.cpu_core_power_w:g} W per CPU core"
+        )
         + " for the whole wall time.",
         "",
         "## Where things are",
@@ -353,7 +386,13 @@ def loss_table(metrics: MetricsLog, max_rows: int = 50) -> list[dict]:
     every = max(1, -(-len(steps) // max_rows))
     picked = steps[::every] + ([steps[-1]] if steps and steps[-1] not in steps[::every] else [])
     return [
-        {"step": s, "loss": metrics.train[s].get("loss"), "val_loss": (metrics.val.get(s) or {}).get("val_loss"), "lr": metrics.train[s].get("lr"), "tokens_per_s": metrics.train[s].get("tokens_per_s")}
+        {
+            "step": s,
+            "loss": metrics.train[s].get("loss"),
+            "val_loss": (metrics.val.get(s) or {}).get("val_loss"),
+            "lr": metrics.train[s].get("lr"),
+            "tokens_per_s": metrics.train[s].get("tokens_per_s"),
+        }
         for s in picked
     ]
 
@@ -364,7 +403,9 @@ def artifact_key(*parts: str) -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def publish(params: TrainParameters, summary: dict, metrics: MetricsLog, completion: dict, hf_dir: str | None, restarts: list[dict]) -> dict:
+def publish(
+    params: TrainParameters, summary: dict, metrics: MetricsLog, completion: dict, hf_dir: str | None, restarts: list[dict]
+) -> dict:
     """Loss curve, report and outputs: written to the run directory and uploaded to object storage."""
     store = ObjectStore()
     run_dir, out_uri = params.run_dir, params.outputs_uri
@@ -380,16 +421,27 @@ def publish(params: TrainParameters, summary: dict, metrics: MetricsLog, complet
     }
     report = report_markdown(params, summary, locations, restarts)
     (run_dir / "report.md").write_text(report)
-    (run_dir / "summary.json").write_text(json.dumps({"summary": summary, "locations": locations, "restarts": restarts}, indent=1))
+    (run_dir / "summary.json").write_text(
+        json.dumps({"summary": summary, "locations": locations, "restarts": restarts}, indent=1)
+    )
     for name in ("report.md", "summary.json", "loss_curve.png", "metrics.jsonl", "COMPLETED.json", "config.yaml"):
         if (run_dir / name).exists():
             store.upload_file(run_dir / name, join(out_uri, name))
     if hf_dir:
         for path in sorted(p for p in Path(hf_dir).rglob("*") if p.is_file()):
             store.upload_file(path, join(hf_uri, path.relative_to(hf_dir).as_posix()))
-    create_markdown_artifact(report, key=artifact_key(params.run_name, "report"), description=f"training report for {params.run_name}")
+    create_markdown_artifact(
+        report, key=artifact_key(params.run_name, "report"), description=f"training report for {params.run_name}"
+    )
     create_table_artifact(loss_table(metrics), key=artifact_key(params.run_name, "loss"), description="loss by step")
-    return {"report": locations["report"], "loss_curve": locations["loss curve"], "loss_curve_local": str(curve), "checkpoint": locations["checkpoint"], "hf_model": hf_uri, "outputs": out_uri}
+    return {
+        "report": locations["report"],
+        "loss_curve": locations["loss curve"],
+        "loss_curve_local": str(curve),
+        "checkpoint": locations["checkpoint"],
+        "hf_model": hf_uri,
+        "outputs": out_uri,
+    }
 
 
 # -- the flow ------------------------------------------------------------------------------
@@ -398,7 +450,6 @@ def publish(params: TrainParameters, summary: dict, metrics: MetricsLog, complet
 @flow(name="train", on_cancellation=[cancel_job_hook], on_crashed=[cancel_job_hook])
 def train(params: TrainParameters) -> dict:
     logger = get_run_logger()
-    started = time.time()
     run_dir = params.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     store = ObjectStore()
@@ -411,9 +462,12 @@ def train(params: TrainParameters) -> dict:
 
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     metrics.read_new()  # what earlier runs of this run name logged: progress continues from it
-    progress_id = create_progress_artifact(100.0 * min(metrics.last_step, params.steps) / params.steps, description=f"training {params.run_name}")
+    progress_id = create_progress_artifact(
+        100.0 * min(metrics.last_step, params.steps) / params.steps, description=f"training {params.run_name}"
+    )
     restarts: list[dict] = []
     verdict: Verdict | None = None
+    started = time.time()  # wall time and device-hours count from the first submission
     try:
         for attempt in range(params.max_restarts + 1):
             handle = submit(params, config_path, attempt)
@@ -422,18 +476,30 @@ def train(params: TrainParameters) -> dict:
             cancel_job(params)
             if verdict.ok:
                 break
-            restarts.append({"attempt": attempt, "job": handle.job_id, "outcome": verdict.outcome, "reason": verdict.reason, "exit_code": verdict.state.exit_code if verdict.state else None, "last_step": metrics.last_step, "at": time.time()})
+            restarts.append(
+                {
+                    "attempt": attempt,
+                    "job": handle.job_id,
+                    "outcome": verdict.outcome,
+                    "reason": verdict.reason,
+                    "exit_code": verdict.state.exit_code if verdict.state else None,
+                    "last_step": metrics.last_step,
+                    "at": time.time(),
+                }
+            )
             create_table_artifact(restarts, key=artifact_key(params.run_name, "restarts"), description="restarts so far")
             if attempt < params.max_restarts:
                 logger.warning("restarting from the latest checkpoint (restart %d of %d)", attempt + 1, params.max_restarts)
     finally:
         cancel_job(params)  # a flow that fails or is cancelled leaves no job behind
     if verdict is None or not verdict.ok:
-        raise RuntimeError(f"training {params.run_name} failed after {len(restarts)} attempt(s): {verdict.reason if verdict else 'not started'}")
+        raise RuntimeError(
+            f"training {params.run_name} failed in {len(restarts)} attempt(s); last: {verdict.reason if verdict else 'not started'}"
+        )
 
     completion = verdict.completion or {}
-    hf_dir = export_model(params, completion["checkpoint"]) if params.export_hf and completion.get("checkpoint") else None
     summary = summarize(params, metrics, completion, time.time() - started)
+    hf_dir = export_model(params, completion["checkpoint"]) if params.export_hf and completion.get("checkpoint") else None
     locations = publish(params, summary, metrics, completion, hf_dir, restarts)
     return {**locations, "run_dir": str(run_dir), "summary": summary, "restarts": restarts, "tokens": tokens}
 
@@ -444,14 +510,12 @@ def train(params: TrainParameters) -> dict:
 def dataset_ready_trigger(dataset_uri: str, params: dict[str, Any] | None = None) -> DeploymentEventTrigger:
     """A deployment trigger that starts `train` when `tokenmill.dataset.ready` fires for
     `dataset_uri`, on the version that event announces. `params` fills in the rest of
-    TrainParameters (run_name is derived from the version so each version trains once)."""
-    base = {"run_name": "auto", **(params or {})}
-    base.update(
-        dataset_uri="{{ event.resource['tokenmill.dataset.uri'] }}",
-        dataset_version="{{ event.resource['tokenmill.dataset.version'] }}",
-    )
-    if base["run_name"] == "auto":
-        base["run_name"] = "{{ event.resource['tokenmill.dataset.version'] }}"
+    TrainParameters; without a run_name each version gets its own run, `<dataset>-<version>`)."""
+    base = {
+        **(params or {}),
+        "dataset_uri": "{{ event.resource['tokenmill.dataset.uri'] }}",
+        "dataset_version": "{{ event.resource['tokenmill.dataset.version'] }}",
+    }
     return DeploymentEventTrigger(
         name=f"train on {dataset_uri}",
         expect={DATASET_READY_EVENT},

@@ -8,7 +8,6 @@ drive a watcher directly.
 
 import json
 import math
-import os
 import re
 import time
 from collections import deque
@@ -186,7 +185,9 @@ class AttemptWatcher:
         if len(ages) < self.world_size:
             waited = now - self.started
             if waited > self.startup_timeout_s:
-                return Verdict("stalled", f"{len(ages)} of {self.world_size} ranks beat within {self.startup_timeout_s:.0f}s of start", state)
+                return Verdict(
+                    "stalled", f"{len(ages)} of {self.world_size} ranks beat within {self.startup_timeout_s:.0f}s of start", state
+                )
             if ages and max(ages.values()) > self.stall_timeout_s:
                 return Verdict("stalled", f"no heartbeat for {max(ages.values()):.0f}s", state)
             return None
@@ -202,8 +203,3 @@ class AttemptWatcher:
             if verdict is not None:
                 return verdict
             time.sleep(poll_s)
-
-
-def checkpoint_exists(checkpoint_dir: str) -> bool:
-    """DeepSpeed writes a `latest` file naming the newest tag once a checkpoint is complete."""
-    return os.path.isfile(os.path.join(checkpoint_dir, "latest"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 
@@ -66,7 +65,3 @@ class RunMonitor:
             self._metrics.close()
         if self._tb is not None:
             self._tb.close()
-
-
-def now() -> float:
-    return time.time()

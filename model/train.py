@@ -228,10 +228,10 @@ def build_engine(deepspeed, model: Llama, cfg: dict, ds: dict):
 # -- the loop ------------------------------------------------------------------------------
 
 
-def _all_mean(value: float, device: torch.device) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
+def _all_mean(value: torch.Tensor) -> float:
+    value = value.clone()
+    dist.all_reduce(value)
+    return value.item() / dist.get_world_size()
 
 
 def _memory_gb(device: torch.device) -> float:
@@ -268,7 +268,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
     if not cuda:
         # Threads beyond the cores available per rank only contend (measured: 2.4x CPU per token).
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        torch.set_num_threads(t["cpu_threads"] or max(1, (os.cpu_count() or 1) // local_world))
+        torch.set_num_threads(t["cpu_threads"] or max(1, len(os.sched_getaffinity(0)) // local_world))
     precision = pick_precision(t["precision"])
 
     run_dir = Path(cfg["run_dir"])
@@ -352,16 +352,16 @@ def train(cfg: dict, resume: bool = False) -> dict:
                 time.sleep(3600)
         t0 = time.perf_counter()
         lr = engine.get_lr()[0]
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # stays on device: one sync per step
         for _ in range(t["grad_accum"]):
             batch = torch.from_numpy(stream.next_batch(t["micro_batch_size"])).to(device=device, dtype=torch.long, non_blocking=True)
             loss = lm_loss(engine(batch[:, :-1]), batch[:, 1:], pad)
             engine.backward(loss)
             engine.step()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
         if nan_at is not None and step == nan_at:
-            loss_sum = float("nan")  # fault injection: exercises the divergence check below
-        last_loss = _all_mean(loss_sum / t["grad_accum"], device)
+            loss_sum.fill_(float("nan"))  # fault injection: exercises the divergence check below
+        last_loss = _all_mean(loss_sum / t["grad_accum"])
         if not math.isfinite(last_loss):
             raise TrainingError(f"loss is {last_loss} at step {step} (lr {lr:.3g}); stopping: lower train.lr or check the data")
         elapsed = time.perf_counter() - t0

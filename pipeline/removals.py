@@ -9,7 +9,6 @@ per-shard chain starts with a `RemovalFilter` over every registered request.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import re
@@ -62,6 +61,12 @@ def registered_requests(dataset_uri: str, store: ObjectStore | None = None) -> l
     return [RemovalRequest.from_json(store.get_bytes(o.uri)) for o in store.list(join(dataset_uri, "_removals") + "/") if o.uri.endswith(".json")]
 
 
+def url_pattern_regex(pattern: str) -> str:
+    """A shell-style URL pattern as an anchored RE2 expression (`*` spans `/`: a takedown of
+    `https://site/user/*` covers everything below it)."""
+    return "^" + ".*".join(".".join(re.escape(part) for part in chunk.split("?")) for chunk in pattern.split("*")) + "$"
+
+
 class RemovalFilter(Step):
     """Drops documents named by removal requests; the drop reason names the request."""
 
@@ -70,7 +75,7 @@ class RemovalFilter(Step):
     def __init__(self, requests: list[RemovalRequest]):
         super().__init__()
         self.requests = requests
-        self._url_regex = {r.name: re.compile("|".join(fnmatch.translate(p) for p in r.url_patterns)) for r in requests if r.url_patterns}
+        self._url_regex = {r.name: "|".join(url_pattern_regex(p) for p in r.url_patterns) for r in requests if r.url_patterns}
 
     def annotate(self, table: pa.Table) -> tuple[pa.Table, pa.Array | None]:
         reasons = pa.nulls(table.num_rows, pa.string())
@@ -78,7 +83,7 @@ class RemovalFilter(Step):
         for request in self.requests:
             hit = pc.is_in(table.column("id"), value_set=pa.array(request.doc_ids, pa.string())) if request.doc_ids else None
             if request.name in self._url_regex:
-                url_hit = pc.match_substring_regex(urls, self._url_regex[request.name].pattern)
+                url_hit = pc.match_substring_regex(urls, self._url_regex[request.name])
                 hit = url_hit if hit is None else pc.or_(hit, url_hit)
             reasons = pc.if_else(pc.and_(hit, pc.is_null(reasons)), pa.scalar(request.name), reasons)
         return table, reasons

@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,43 +123,13 @@ class ObjectStore:
 
     # -- clients -----------------------------------------------------------------------
 
-    @functools.cached_property
+    @property
     def client(self):
-        s = self.settings
-        config = Config(
-            region_name=s.region,
-            retries={"max_attempts": self._max_attempts, "mode": "standard"},
-            s3={"addressing_style": "path"} if s.endpoint else {},
-            connect_timeout=5,
-            read_timeout=60,
-            # Checksums on every PUT are newer than several S3-compatible servers.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=s.endpoint,
-            aws_access_key_id=s.access_key,
-            aws_secret_access_key=s.secret_key,
-            aws_session_token=s.session_token,
-            config=config,
-        )
+        return _boto3_client(self.settings, self._max_attempts)
 
-    @functools.cached_property
+    @property
     def arrow_s3(self) -> pafs.S3FileSystem:
-        s = self.settings
-        kwargs: dict = dict(
-            region=s.region,
-            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=self._max_attempts),
-            connect_timeout=5,
-            request_timeout=60,
-        )
-        if s.access_key:
-            kwargs.update(access_key=s.access_key, secret_key=s.secret_key, session_token=s.session_token)
-        if s.endpoint:
-            scheme, _, host = s.endpoint.partition("://")
-            kwargs.update(scheme=scheme, endpoint_override=host.rstrip("/"))
-        return pafs.S3FileSystem(**kwargs)
+        return _arrow_s3(self.settings, self._max_attempts)
 
     def arrow_filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:
         """A pyarrow filesystem and the path inside it, for pyarrow.parquet / pyarrow.dataset."""
@@ -364,6 +335,50 @@ class ObjectStore:
         else:
             os.replace(tmp, path)
         return self._local_info(path)
+
+
+_client_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=32)
+def _boto3_client(s: StorageSettings, max_attempts: int):
+    """One client per settings per process: making one loads botocore's JSON models (~0.25 s),
+    and clients are thread-safe once made (sessions are not, hence the lock)."""
+    config = Config(
+        region_name=s.region,
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        s3={"addressing_style": "path"} if s.endpoint else {},
+        connect_timeout=5,
+        read_timeout=60,
+        # Checksums on every PUT are newer than several S3-compatible servers.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    with _client_lock:
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=s.endpoint,
+            aws_access_key_id=s.access_key,
+            aws_secret_access_key=s.secret_key,
+            aws_session_token=s.session_token,
+            config=config,
+        )
+
+
+@functools.lru_cache(maxsize=32)
+def _arrow_s3(s: StorageSettings, max_attempts: int) -> pafs.S3FileSystem:
+    kwargs: dict = dict(
+        region=s.region,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+        connect_timeout=5,
+        request_timeout=60,
+    )
+    if s.access_key:
+        kwargs.update(access_key=s.access_key, secret_key=s.secret_key, session_token=s.session_token)
+    if s.endpoint:
+        scheme, _, host = s.endpoint.partition("://")
+        kwargs.update(scheme=scheme, endpoint_override=host.rstrip("/"))
+    return pafs.S3FileSystem(**kwargs)
 
 
 def glob_to_regex(pattern: str) -> str:

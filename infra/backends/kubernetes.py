@@ -103,7 +103,17 @@ def state_from(job: Any, pods: list[Any]) -> JobState:
 class KubernetesBackend(JobBackend):
     name = "kubernetes"
 
-    def __init__(self, *, image: str, namespace: str = "default", volume_claim: str = "tokenmill-runs", mount_path: str = "/runs", secret_name: str = "tokenmill-storage", service_account: str | None = None, kubeconfig: str | None = None):
+    def __init__(
+        self,
+        *,
+        image: str,
+        namespace: str = "default",
+        volume_claim: str = "tokenmill-runs",
+        mount_path: str = "/runs",
+        secret_name: str = "tokenmill-storage",
+        service_account: str | None = None,
+        kubeconfig: str | None = None,
+    ):
         self.image = image
         self.namespace = namespace
         self.volume_claim = volume_claim
@@ -125,7 +135,16 @@ class KubernetesBackend(JobBackend):
         return self._apis
 
     def manifests(self, spec: JobSpec, job_name: str) -> list[dict[str, Any]]:
-        return render_manifests(spec, job_name=job_name, image=self.image, namespace=self.namespace, volume_claim=self.volume_claim, mount_path=self.mount_path, secret_name=self.secret_name, service_account=self.service_account)
+        return render_manifests(
+            spec,
+            job_name=job_name,
+            image=self.image,
+            namespace=self.namespace,
+            volume_claim=self.volume_claim,
+            mount_path=self.mount_path,
+            secret_name=self.secret_name,
+            service_account=self.service_account,
+        )
 
     def submit(self, spec: JobSpec) -> JobHandle:
         job_name = k8s_name(spec.name)
@@ -147,13 +166,15 @@ class KubernetesBackend(JobBackend):
     def logs(self, handle: JobHandle, since: int = 0) -> LogChunk:
         """Lines of every pod newer than `since` (microseconds since the epoch, from the
         timestamps Kubernetes puts on each line), each prefixed with the pod's index."""
+        from kubernetes.client.exceptions import ApiException
+
         _, core = self._clients()
         stamped: list[tuple[int, str]] = []
         for pod in self._pods(handle):
             index = (pod.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index", "?")
             try:
                 text = core.read_namespaced_pod_log(pod.metadata.name, self.namespace, timestamps=True)
-            except Exception:  # a pod still pulling its image has no log yet
+            except ApiException:  # a pod still pulling its image has no log yet
                 continue
             for line in text.splitlines():
                 stamp, _, message = line.partition(" ")
@@ -169,7 +190,9 @@ class KubernetesBackend(JobBackend):
 
         batch, core = self._clients()
         for delete in (
-            lambda: batch.delete_namespaced_job(handle.job_id, self.namespace, body=V1DeleteOptions(propagation_policy="Foreground")),
+            lambda: batch.delete_namespaced_job(
+                handle.job_id, self.namespace, body=V1DeleteOptions(propagation_policy="Foreground")
+            ),
             lambda: core.delete_namespaced_service(handle.job_id, self.namespace),
         ):
             try:
@@ -190,4 +213,3 @@ def _micros(stamp: str) -> int:
         return int(base.timestamp()) * 1_000_000 + int((frac + "000000")[:6])
     except ValueError:
         return 0
-

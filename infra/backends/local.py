@@ -29,7 +29,19 @@ def torchrun_argv(spec: JobSpec, python: str = sys.executable) -> list[str]:
     """torchrun for one node: `--standalone` picks a free rendezvous port, so jobs side by side never collide."""
     if spec.nodes != 1:
         raise ValueError(f"the local backend runs one node; {spec.name} asks for {spec.nodes}")
-    return [python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", str(spec.procs_per_node), "--max_restarts", "0", *spec.command]
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(spec.procs_per_node),
+        "--max_restarts",
+        "0",
+        *spec.command,
+    ]
 
 
 class LocalBackend(JobBackend):

@@ -35,7 +35,9 @@ class SlurmError(RuntimeError):
 def render_sbatch(spec: JobSpec, *, python: str = sys.executable, partition: str | None = None) -> str:
     if any(ch.isspace() for ch in spec.run_dir):
         raise ValueError(f"#SBATCH directives cannot carry a run directory with whitespace: {spec.run_dir!r}")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+    )
     return env.get_template("train.sbatch.j2").render(
         name=spec.name,
         nodes=spec.nodes,
@@ -86,7 +88,14 @@ def state_from(slurm_state: str, exit_code: str, reason: str = "") -> JobState:
 class SlurmBackend(JobBackend):
     name = "slurm"
 
-    def __init__(self, *, slurm_conf: str | None = None, partition: str | None = None, python: str = sys.executable, cancel_timeout_s: float = 60.0):
+    def __init__(
+        self,
+        *,
+        slurm_conf: str | None = None,
+        partition: str | None = None,
+        python: str = sys.executable,
+        cancel_timeout_s: float = 60.0,
+    ):
         self.slurm_conf = slurm_conf
         self.partition = partition
         self.python = python

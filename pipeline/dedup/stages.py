@@ -130,6 +130,10 @@ def signatures_stage(shard_uri: str, work_uri: str, config: DedupConfig, store: 
     if (done := _done(store, work_uri, "signatures", name)) is not None:
         return done
     started = time.process_time()
+    with store.open_random_access(shard_uri) as fh:
+        missing = {"id", "text"} - set(pq.ParquetFile(fh).schema_arrow.names)
+    if missing:
+        raise DedupError(f"{shard_uri} is not a document shard: no column(s) {sorted(missing)}")
     bands, rows = config.band_params
     docs_parts, band_parts, exact_parts = [], [], []
     row0, shingles = 0, 0

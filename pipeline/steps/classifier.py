@@ -4,6 +4,7 @@ threshold dropped (`above_threshold`), or kept only above it with `keep: above`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -32,8 +33,6 @@ def ensure_toxicity_model(cache_dir: str | Path | None = None, data_path: str | 
     if not data_path.is_file():
         raise FileNotFoundError(f"toxicity training data not found: {data_path}")
     key = json.dumps({"data": file_digest(data_path), "training": TOXICITY_TRAINING, "prep": TEXT_PREP}, sort_keys=True)
-    import hashlib
-
     model_path = cache_dir / f"toxicity-{hashlib.sha256(key.encode()).hexdigest()[:12]}.ftz"
     if model_path.is_file() and sidecar_path(model_path).is_file():
         return model_path
@@ -41,7 +40,10 @@ def ensure_toxicity_model(cache_dir: str | Path | None = None, data_path: str | 
     # train beside the final name and rename: concurrent workers never read a half-written model
     scratch = cache_dir / f".{model_path.name}.{os.getpid()}.ftz"
     train_classifier(data_path, scratch, **TOXICITY_TRAINING)
-    os.replace(sidecar_path(scratch), sidecar_path(model_path))
+    record = json.loads(sidecar_path(scratch).read_text())
+    record["model_path"] = model_path.name
+    sidecar_path(model_path).write_text(json.dumps(record, indent=2, sort_keys=True))
+    sidecar_path(scratch).unlink()
     os.replace(scratch, model_path)
     return model_path
 

@@ -60,8 +60,10 @@ class GopherRepetition(Step):
         self.dup_para_frac = dup_para_frac
         self.dup_line_char_frac = dup_line_char_frac
         self.dup_para_char_frac = dup_para_char_frac
-        self.top_n_grams = {int(k): float(v) for k, v in (top_n_grams or {2: 0.20, 3: 0.18, 4: 0.16}).items()}
-        self.dup_n_grams = {int(k): float(v) for k, v in (dup_n_grams or {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}).items()}
+        top_n_grams = {2: 0.20, 3: 0.18, 4: 0.16} if top_n_grams is None else top_n_grams
+        dup_n_grams = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10} if dup_n_grams is None else dup_n_grams
+        self.top_n_grams = {int(k): float(v) for k, v in top_n_grams.items()}  # {} switches the rule family off
+        self.dup_n_grams = {int(k): float(v) for k, v in dup_n_grams.items()}
         self.keep_scores = keep_scores
 
     def scores(self, texts: pa.Array) -> dict[str, np.ndarray]:

@@ -144,6 +144,9 @@ class Entity:
     pattern: re.Pattern
     validate: Callable[[re.Match], tuple[int, int] | None]
     window: int = 2
+    # a match that fails validation still shields its text from later types (an IBAN with a
+    # wrong checksum is not a phone number either)
+    shield_invalid: bool = False
 
 
 def _whole(match: re.Match) -> tuple[int, int]:
@@ -159,7 +162,7 @@ def entities(public_ips_only: bool = True) -> list[Entity]:
                re.compile(r"(?<![A-Za-z0-9._%+!#$&'*/=?^`{|}~-])[A-Za-z0-9._%+!#$&'*/=?^`{|}~-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?![A-Za-z0-9-])"),
                _whole),
         Entity("IBAN", r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?",
-               re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])"), _iban),
+               re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])"), _iban, shield_invalid=True),
         Entity("CREDIT_CARD", r"[0-9](?:[ -]?[0-9]){12,}",
                re.compile(r"(?<![0-9-])[1-6][0-9]{3}(?:[ -]?[0-9]){9,15}(?![0-9])"), _card),
         Entity("SSN", r"[0-9]{3}[- .][0-9]{2}[- .][0-9]{4}",
@@ -234,15 +237,18 @@ class PIIScrubber:
             for lo, hi in windows:
                 for match in entity.pattern.finditer(text, lo, hi):
                     span = entity.validate(match)
+                    label = entity.label
                     if span is None:
-                        continue
+                        if not entity.shield_invalid:
+                            continue
+                        span, label = match.span(), None
                     start, end = span
                     i = bisect.bisect_left(starts, start)
                     if (i and spans[i - 1][1] > start) or (i < len(spans) and spans[i][0] < end):
                         continue  # claimed already, by an earlier type or an overlapping window
                     starts.insert(i, start)
-                    spans.insert(i, (start, end, entity.label))
-        return spans
+                    spans.insert(i, (start, end, label))
+        return [s for s in spans if s[2] is not None]
 
     def scrub(self, text: str, regions: dict | None = None) -> tuple[str, Counter]:
         spans = self.find(text, regions)

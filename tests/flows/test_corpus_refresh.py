@@ -18,14 +18,14 @@ import pytest
 from pipeline.dataset import DatasetVersion, sealed_versions
 from pipeline.dedup import DedupConfig
 from pipeline.process import ReadOptions
-from pipeline.refresh import plan_refresh, run_refresh
+from pipeline.refresh import DEFAULT_DEDUP, plan_refresh, run_refresh
 from pipeline.removals import RemovalRequest, apply_removals, register_request, removal_version_id
 from pipeline.steps.chain import load_filter_config
 from pipeline.storage import join
 
 pytestmark = pytest.mark.slow
 
-DOCS_PER_SOURCE = 60
+DOCS_PER_SOURCE = 50
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,24 @@ def put_jsonl(store, uri: str, docs: list[dict]) -> None:
     store.put_bytes(uri, buf.getvalue())
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
+def bucket(s3_settings) -> str:
+    """One bucket for the module: the inputs and the plain-loop reference are made once."""
+    from pipeline.storage import ObjectStore
+
+    name = f"refresh-{os.urandom(5).hex()}"
+    ObjectStore(s3_settings).ensure_bucket(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def store(s3_settings):
+    from pipeline.storage import ObjectStore
+
+    return ObjectStore(s3_settings)
+
+
+@pytest.fixture(scope="module")
 def sources(store, bucket, web_docs, shared) -> list[str]:
     """Four JSONL shards of real pages (with exact copies across shards, for dedup), one
     real WARC, one truncated gzip and one file of broken JSON lines."""
@@ -67,13 +84,15 @@ def params(sources, dataset, **extra):
     return CorpusRefreshParams(sources=sources, dataset=dataset, target_shard_mb=1, runner={"kind": "threads", "workers": 2}, **extra)
 
 
-def reference(store, sources, dataset) -> DatasetVersion:
+@pytest.fixture(scope="module")
+def expected(store, bucket, sources) -> list[tuple]:
     """The same refresh without Prefect: the pipeline functions called in a plain loop."""
     from flows.ingest import list_sources
 
-    plan = plan_refresh(list_sources(sources, store), dataset, load_filter_config(None), DedupConfig(), read=ReadOptions(), target_bytes=1 << 20, store=store)
+    dataset = join(bucket, "datasets", "reference")
+    plan = plan_refresh(list_sources(sources, store), dataset, load_filter_config(None), DedupConfig(**DEFAULT_DEDUP), read=ReadOptions(), target_bytes=1 << 20, store=store)
     run_refresh(plan)
-    return plan.final
+    return content(plan.final)
 
 
 def content(version: DatasetVersion) -> list[tuple]:
@@ -81,28 +100,28 @@ def content(version: DatasetVersion) -> list[tuple]:
     return sorted(zip(*(table.column(c).to_pylist() for c in ("id", "text", "language"))))
 
 
-def test_refresh_matches_plain_pipeline_and_reports(prefect_harness, store, bucket, sources):
+def test_refresh_matches_plain_pipeline_and_reports(prefect_harness, store, bucket, sources, expected):
     from flows.corpus_refresh import corpus_refresh
 
     result = corpus_refresh(params(sources, join(bucket, "datasets", "web")))
     version = DatasetVersion(result["dataset"], result["version"], store)
     assert version.manifest().sealed
-    expected = reference(store, sources, join(bucket, "datasets", "reference"))
-    assert content(version) == content(expected)
-    ids = [row[0] for row in content(version)]
-    assert len(ids) == len(set(ids)) and not any(i.startswith("copy-") for i in ids), "exact copies were removed"
+    assert content(version) == expected
+    rows = content(version)
+    ids, texts = [r[0] for r in rows], [r[1] for r in rows]
+    assert len(ids) == len(set(ids)) and len(texts) == len(set(texts)), "one document of each exact-copy group is left"
     report = result["report"]
     assert report["documents"] == len(ids) > 0
-    assert report["after_filters"] - report["documents"] == report["dedup_removed"] >= 15
+    assert report["after_filters"] - report["documents"] == report["dedup_removed"] > 0
     assert report["quarantined"].get("truncated_gzip", 0) >= 1 and report["quarantined"].get("bad_json", 0) >= 1
     assert report["dropped"], "filters dropped something from real web pages"
     assert report["languages"] and report["estimated_tokens"] > 0
 
 
-def test_killed_flow_resumes_without_loss_or_recompute(prefect_harness, store, bucket, sources, s3_settings):
+def test_killed_flow_resumes_without_loss_or_recompute(prefect_harness, store, bucket, sources, expected, s3_settings):
     from prefect.settings import PREFECT_API_URL
 
-    dataset = join(bucket, "datasets", "web")
+    dataset = join(bucket, "datasets", "killed")
     script = (
         "import sys; from flows.corpus_refresh import corpus_refresh, CorpusRefreshParams; "
         f"corpus_refresh(CorpusRefreshParams(sources={sources!r}, dataset={dataset!r}, target_shard_mb=1, runner={{'kind': 'threads', 'workers': 1}}))"
@@ -131,16 +150,15 @@ def test_killed_flow_resumes_without_loss_or_recompute(prefect_harness, store, b
     stage = DatasetVersion(filtered, result["version"], store)
     snapshots = [o for o in store.list(join(stage.uri, "_manifest") + "/")]
     assert len(snapshots) == len(stage.manifest().units) == 7, "each source was committed exactly once across both runs"
-    expected = reference(store, sources, join(bucket, "datasets", "reference"))
-    assert content(DatasetVersion(dataset, result["version"], store)) == content(expected)
+    assert content(DatasetVersion(dataset, result["version"], store)) == expected
 
 
-def test_storage_outage_mid_run_is_retried(prefect_harness, s3_server, store, bucket, sources):
+def test_storage_outage_mid_run_is_retried(prefect_harness, s3_server, store, bucket, sources, expected):
     if s3_server is None:
         pytest.skip("the configured external S3 endpoint cannot be restarted by the test")
     from flows.corpus_refresh import corpus_refresh
 
-    dataset = join(bucket, "datasets", "web")
+    dataset = join(bucket, "datasets", "outage")
     filtered = join(dataset, "_stages", "filtered")
 
     def outage():
@@ -157,14 +175,13 @@ def test_storage_outage_mid_run_is_retried(prefect_harness, s3_server, store, bu
     chaos.start()
     result = corpus_refresh(params(sources, dataset))
     chaos.join()
-    expected = reference(store, sources, join(bucket, "datasets", "reference"))
-    assert content(DatasetVersion(dataset, result["version"], store)) == content(expected)
+    assert content(DatasetVersion(dataset, result["version"], store)) == expected
 
 
 def test_removal_request_makes_new_version_and_sticks(prefect_harness, store, bucket, sources, web_docs):
     from flows.corpus_refresh import corpus_refresh
 
-    dataset = join(bucket, "datasets", "web")
+    dataset = join(bucket, "datasets", "removals")
     first = corpus_refresh(params(sources, dataset))
     v1 = DatasetVersion(dataset, first["version"], store)
     table = v1.read_table(columns=["id", "url"])
@@ -180,8 +197,9 @@ def test_removal_request_makes_new_version_and_sticks(prefect_harness, store, bu
     assert after.num_rows == table.num_rows - record["removed"]
     assert v2.manifest().extra["removals"]["requests"] == ["takedown-1"]
     # a later refresh (new input) applies the registered request by itself
-    put_jsonl(store, join(bucket, "raw", "web-extra.jsonl.gz"), web_docs[-DOCS_PER_SOURCE // 2 :])
-    later = corpus_refresh(params(sources, dataset))
+    extra = join(bucket, "raw-later", "web-extra.jsonl.gz")
+    put_jsonl(store, extra, web_docs[-DOCS_PER_SOURCE // 2 :])
+    later = corpus_refresh(params([*sources, extra], dataset))
     assert later["version"] not in (v1.version, v2.version)
     later_table = DatasetVersion(dataset, later["version"], store).read_table(columns=["id", "url"])
     assert victim_id not in later_table.column("id").to_pylist()

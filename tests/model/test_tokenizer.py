@@ -12,8 +12,7 @@ def test_trained_tokenizer_round_trips_real_text_and_fixes_special_ids(store, to
     tok = load_tokenizer(tokenizer_uri, store)
     assert 256 < tok.get_vocab_size() <= VOCAB
     assert tok.token_to_id(EOS_TOKEN) == 0 and tok.token_to_id(PAD_TOKEN) == 1
-    german = next(d["text"] for d in source_docs if any(ch in d["text"] for ch in "äöüß"))
-    for text in [source_docs[0]["text"], german, "emoji 🙂 and\ttabs\n\n  spaces"]:
+    for text in [source_docs[0]["text"], "Grüße aus München, naïve café", "emoji 🙂 and\ttabs\n\n  spaces"]:
         ids = tok.encode(text, add_special_tokens=False).ids
         assert tok.decode(ids) == text  # byte-level: lossless, no unknown token
         assert 0 not in ids and 1 not in ids  # special tokens never come out of plain text

@@ -20,14 +20,14 @@ from model.llama import Llama, ModelConfig
 
 REPO = Path(__file__).resolve().parents[2]
 STEP_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "tokens_seen", "time"}
-LAUNCH_TIMEOUT_S = 300
+LAUNCH_TIMEOUT_S = 180
 
 
 def launch(args: list[str], *, ranks: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
     if ranks > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", "0", "-m", "model.train", *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), "-m", "model.train", *args]
     else:
         cmd = [sys.executable, "-m", "model.train", *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -16,8 +16,8 @@ from pipeline.schema import DOCUMENT_SCHEMA, documents_from_pylist
 from pipeline.storage import ObjectStore
 from tests.train_flow.slurm_cluster import SlurmCluster, slurm_missing
 
-DOCS = 240
-DOCS_PER_SHARD = 120
+DOCS = 120
+DOCS_PER_SHARD = 60
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,11 @@ def job_env_processes(marker_value: str) -> list[int]:
     pids = []
     for proc in psutil.process_iter():
         try:
-            if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE and marker_value in proc.environ().get(JOB_ID_ENV, ""):
+            if (
+                proc.pid != os.getpid()
+                and proc.status() != psutil.STATUS_ZOMBIE
+                and marker_value in proc.environ().get(JOB_ID_ENV, "")
+            ):
                 pids.append(proc.pid)
         except psutil.Error:
             continue

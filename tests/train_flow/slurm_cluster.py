@@ -87,7 +87,16 @@ class SlurmCluster:
 
     def _spawn(self, argv: list[str], name: str) -> None:
         log = open(self.root / "log" / f"{name}.stdout", "ab")
-        self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **self.env}))
+        self.procs.append(
+            subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **self.env},
+            )
+        )
         log.close()
 
     def _node_idle(self) -> bool:

@@ -1,0 +1,108 @@
+"""Kubernetes backend without a cluster: the rendered manifests deserialize into the
+kubernetes client's models with the structure a multi-node torchrun job needs, and job
+states map from real client model objects."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+
+from infra.backends import JobSpec, Phase
+from infra.backends.kubernetes import k8s_name, render_manifests, state_from
+
+SPEC = JobSpec(
+    name="Big_Run.7",
+    command=["-m", "model.train", "--config", "/runs/big/config.yaml", "--set", "train.lr=0.001"],
+    run_dir="/runs/big",
+    env={"TOKENMILL_S3_ENDPOINT": "http://minio:9000", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ACCESS_KEY_ID": "AKIA"},
+    nodes=4,
+    procs_per_node=8,
+    cpus_per_node=32,
+    gpus_per_node=8,
+    memory_gb=512,
+    time_limit_s=7200,
+)
+
+
+def deserialize(data: dict, kind: str):
+    return client.ApiClient()._ApiClient__deserialize(data, kind)
+
+
+def test_manifests_describe_an_indexed_multi_node_torchrun_job():
+    name = k8s_name(SPEC.name)
+    assert name.startswith("big-run-7-") and len(name) <= 63
+    service_doc, job_doc = render_manifests(
+        SPEC, job_name=name, image="ghcr.io/x/trainer:1", namespace="ml", secret_name="store-creds"
+    )
+    service: client.V1Service = deserialize(service_doc, "V1Service")
+    job: client.V1Job = deserialize(job_doc, "V1Job")
+
+    assert (service.kind, service.spec.cluster_ip, service.metadata.namespace) == ("Service", "None", "ml")
+    assert service.spec.selector == {"tokenmill.job": name}
+
+    assert (job.api_version, job.kind, job.metadata.name) == ("batch/v1", "Job", name)
+    assert job.spec.completion_mode == "Indexed"
+    assert job.spec.completions == job.spec.parallelism == 4
+    assert job.spec.backoff_limit == 0 and job.spec.active_deadline_seconds == 7200
+    pod = job.spec.template.spec
+    assert pod.subdomain == service.metadata.name and pod.restart_policy == "Never"
+    assert job.spec.template.metadata.labels["tokenmill.job"] == name  # the Service selects the pods
+
+    (container,) = pod.containers
+    argv = container.command
+    assert argv[:3] == ["python", "-m", "torch.distributed.run"]
+    assert "--nnodes=4" in argv and "--nproc_per_node=8" in argv and "--rdzv_backend=c10d" in argv
+    assert f"--rdzv_endpoint={name}-0.{name}:29500" in argv
+    assert argv[-len(SPEC.command) :] == SPEC.command
+    assert container.working_dir == "/runs/big"
+
+    env = {e.name: e.value for e in container.env}
+    assert env["TOKENMILL_S3_ENDPOINT"] == "http://minio:9000"
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "AWS_ACCESS_KEY_ID" not in env  # from the Secret instead
+    assert "s3cr3t" not in str(job_doc)
+    assert container.env_from[0].secret_ref.name == "store-creds"
+
+    assert container.resources.limits["nvidia.com/gpu"] == "8"
+    assert container.resources.requests["cpu"] == "32" and container.resources.requests["memory"] == "524288Mi"
+    mounts = {m.name: m.mount_path for m in container.volume_mounts}
+    assert mounts == {"runs": "/runs", "dshm": "/dev/shm"}
+    claims = {v.name: v.persistent_volume_claim.claim_name for v in pod.volumes if v.persistent_volume_claim}
+    assert claims == {"runs": "tokenmill-runs"}
+
+
+def test_run_dir_must_be_on_the_shared_volume():
+    with pytest.raises(ValueError, match="shared volume"):
+        render_manifests(SPEC, job_name="x-1", image="img", mount_path="/data")
+
+
+def job(conditions=(), active=None, failed=None):
+    return client.V1Job(
+        status=client.V1JobStatus(
+            active=active,
+            failed=failed,
+            conditions=[client.V1JobCondition(type=t, status="True", reason=r, message=m) for t, r, m in conditions],
+        )
+    )
+
+
+def pod(phase: str, exit_code: int | None = None):
+    state = (
+        client.V1ContainerState(terminated=client.V1ContainerStateTerminated(exit_code=exit_code))
+        if exit_code is not None
+        else client.V1ContainerState()
+    )
+    status = client.V1ContainerStatus(name="trainer", image="i", image_id="", ready=False, restart_count=0, state=state)
+    return client.V1Pod(status=client.V1PodStatus(phase=phase, container_statuses=[status]))
+
+
+def test_job_states_from_client_models():
+    assert state_from(job(active=2), [pod("Pending"), pod("Pending")]).phase == Phase.PENDING
+    assert state_from(job(active=2), [pod("Running"), pod("Pending")]).phase == Phase.RUNNING
+    done = state_from(job([("Complete", None, None)]), [pod("Succeeded", 0), pod("Succeeded", 0)])
+    assert (done.phase, done.exit_code) == (Phase.SUCCEEDED, 0)
+    failed = state_from(
+        job([("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")], failed=1),
+        [pod("Failed", 137), pod("Succeeded", 0)],
+    )
+    assert (failed.phase, failed.exit_code) == (Phase.FAILED, 137)
+    assert "BackoffLimitExceeded" in failed.reason
