@@ -99,9 +99,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for uri in web["shards"]:
             print(f"  shard {uri}")
         if not args.skip_train:
-            from flows.train import TrainParams, train
+            from flows.train import TrainParameters, train
 
-            result = train(TrainParams(dataset=web["dataset"], version=web["version"], preset="tiny", steps=args.steps))
+            result = train(TrainParameters(run_name=f"demo-{web['version']}", dataset_uri=web["dataset"], dataset_version=web["version"], model_preset="tiny", steps=args.steps))
             print("\ntraining (tiny preset, 2 CPU ranks):")
             for key in ("report", "checkpoint", "hf_model", "loss_curve"):
                 if key in result:
