@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -342,8 +343,14 @@ class ShardWriter:
         return self.version.commit_unit(self.unit, self.shards, counts=counts, quarantine=qinfo, config_hash_=config_hash_)
 
 
+# What ShardWriter appends to a unit name: `-<hash8>` (unit) `-<part>-<attempt>` (shard).
+_DERIVED_SUFFIX = re.compile(r"(-[0-9a-f]{8})?-\d{5}-[0-9a-f]{8}\.parquet$")
+
+
 def unit_name(source_uri: str) -> str:
-    """A unit id for an input object: its base name made safe, plus a short hash of the full
-    URI so that two inputs with the same base name never collide."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in basename(source_uri))[:80]
+    """A unit id for an input object: its base name made safe (without the suffixes an
+    earlier stage's shard names carry, so names do not grow stage by stage), plus a short
+    hash of the full URI so that two inputs never collide."""
+    stem = _DERIVED_SUFFIX.sub("", basename(source_uri))
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:80]
     return f"{safe}-{hashlib.sha256(source_uri.encode()).hexdigest()[:8]}"

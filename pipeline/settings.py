@@ -12,12 +12,14 @@ from pathlib import Path
 
 ENV_S3_ENDPOINT = "TOKENMILL_S3_ENDPOINT"
 ENV_S3_REGION = "TOKENMILL_S3_REGION"
+ENV_AWS_REGION = "AWS_REGION"  # read when TOKENMILL_S3_REGION is unset, as AWS tools do
 ENV_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 ENV_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_SESSION_TOKEN = "AWS_SESSION_TOKEN"
 ENV_DATA_ROOT = "TOKENMILL_DATA_ROOT"
 ENV_HOME = "TOKENMILL_HOME"
 ENV_DASK_ADDRESS = "TOKENMILL_DASK_ADDRESS"
+ENV_SHARED = "TOKENMILL_SHARED"  # folder of third-party data: lid.176 model, toxicity training set, samples
 ENV_REFRESH_CRON = "TOKENMILL_REFRESH_CRON"  # schedule of the served corpus refresh
 ENV_REFRESH_DATASET = "TOKENMILL_REFRESH_DATASET"  # dataset the scheduled refresh writes and training follows
 
@@ -39,7 +41,7 @@ class StorageSettings:
     def from_env(cls) -> "StorageSettings":
         return cls(
             endpoint=os.environ.get(ENV_S3_ENDPOINT) or None,
-            region=os.environ.get(ENV_S3_REGION) or os.environ.get("AWS_REGION") or DEFAULT_REGION,
+            region=os.environ.get(ENV_S3_REGION) or os.environ.get(ENV_AWS_REGION) or DEFAULT_REGION,
             access_key=os.environ.get(ENV_ACCESS_KEY) or None,
             secret_key=os.environ.get(ENV_SECRET_KEY) or None,
             session_token=os.environ.get(ENV_SESSION_TOKEN) or None,
@@ -70,3 +72,9 @@ def data_root() -> str:
 def tokenmill_home() -> Path:
     """Local state: the embedded S3 server's data, the local Prefect database, caches."""
     return Path(os.environ.get(ENV_HOME) or Path.home() / ".tokenmill")
+
+
+def shared_dir() -> Path:
+    """Third-party data (models, labelled sets, samples): $TOKENMILL_SHARED, else `../shared`
+    beside the checkout, where the development machines and CI keep it."""
+    return Path(os.environ.get(ENV_SHARED) or Path(__file__).resolve().parents[2] / "shared")

@@ -14,9 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from flows.cli import CommandError
-from pipeline.settings import ENV_S3_ENDPOINT, StorageSettings, data_root, tokenmill_home
-
-SHARED_DEFAULT = Path(__file__).resolve().parents[3] / "shared"
+from pipeline.settings import ENV_S3_ENDPOINT, StorageSettings, data_root, shared_dir, tokenmill_home
 
 
 def register(sub) -> None:
@@ -26,7 +24,7 @@ def register(sub) -> None:
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser("demo", help="ingest → corpus refresh → train on the shared sample against the embedded S3 server")
-    demo.add_argument("--shared", default=os.environ.get("TOKENMILL_SHARED", str(SHARED_DEFAULT)), help="folder with the sample data")
+    demo.add_argument("--shared", default=str(shared_dir()), help="folder with the sample data (default $TOKENMILL_SHARED)")
     demo.add_argument("--steps", type=int, default=30, help="training steps of the tiny model")
     demo.add_argument("--skip-train", action="store_true")
     demo.set_defaults(func=cmd_demo)
@@ -87,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         raw = upload_samples(store, Path(args.shared), join(data_root(), "raw", "samples"))
         crawl = ingest(IngestParams(sources=raw, dataset="crawl", target_shard_mb=16))
-        print(f"\ningested {crawl['rows']:,} documents into {crawl['uri']} ({len(crawl['shards'])} shards):")
+        print(f"\ningested {crawl['rows']:,} documents into {crawl['uri']} ({len(crawl['shards'])} shards), quarantined {json.dumps(crawl['quarantined'])}:")
         for uri in crawl["shards"]:
             print(f"  {uri}")
         web = corpus_refresh(CorpusRefreshParams(sources=crawl["shards"], dataset="web", target_shard_mb=16))

@@ -15,7 +15,8 @@ import pyarrow as pa
 from pipeline.classifier_train import TEXT_PREP, file_digest, positive_scores, prepare, sidecar_path, train_classifier
 from pipeline.settings import tokenmill_home
 from pipeline.steps.base import Step
-from pipeline.steps.langid import load_fasttext, shared_dir
+from pipeline.settings import shared_dir
+from pipeline.steps.langid import load_fasttext
 from pipeline.steps.text import text_column, with_columns
 
 TOXICITY_TRAINING = {"text_field": "text", "label_field": "toxic", "positive_label": "true", "holdout": 0.1, "quantize": True, "seed": 0}

