@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from collections import Counter
 from datetime import datetime
 from typing import Any, Iterator
 
 import pyarrow as pa
 
+from pipeline.readers.streams import ByteReader, CountingStream, decompressed_events
 from pipeline.schema import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, quarantine_row
 from pipeline.storage import ObjectStore
 
@@ -78,7 +80,7 @@ class DocumentBatch:
         return pa.Table.from_arrays(arrays, schema=DOCUMENT_SCHEMA)
 
 
-class Reader:
+class Reader(ABC):
     """Base of the format readers. Iterate once for tables; then look at `stats` and
     `quarantine_table()` (they are also valid mid-way)."""
 
@@ -125,10 +127,21 @@ class Reader:
     def skip(self, kind: str) -> None:
         self._skipped[kind] += 1
 
+    @abstractmethod
     def __iter__(self) -> Iterator[pa.Table]:
+        """DOCUMENT_SCHEMA tables of at most `batch_size` rows; a reader is iterated once."""
+
+    def _start(self) -> None:
         if self._started:
             raise RuntimeError(f"{self!r} was already iterated; open a new reader to read again")
         self._started = True
+
+
+class RecordReader(Reader):
+    """A reader that makes documents one record at a time and cuts them into batches."""
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        self._start()
         batch = DocumentBatch(self.uri)
         for _ in self._fill(batch):
             if len(batch) >= self.batch_size:
@@ -138,6 +151,29 @@ class Reader:
             self._documents += len(batch)
             yield batch.take()
 
+    @abstractmethod
     def _fill(self, batch: DocumentBatch) -> Iterator[None]:
         """Add documents to `batch`, yielding after each so the caller can cut batches."""
-        raise NotImplementedError
+
+
+class StreamReader(RecordReader):
+    """A reader of one byte stream (WARC, WET, JSONL): opened, counted as read from storage,
+    decompressed (gzip members / zstd), handed to `_parse`, closed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._raw: CountingStream | None = None
+
+    def _bytes_read(self) -> int:
+        return self._raw.bytes_read if self._raw is not None else 0
+
+    def _fill(self, batch: DocumentBatch) -> Iterator[None]:
+        self._raw = CountingStream(self.store.open_read(self.uri))
+        try:
+            yield from self._parse(ByteReader(decompressed_events(self._raw)), batch)
+        finally:
+            self._raw.close()
+
+    @abstractmethod
+    def _parse(self, reader: ByteReader, batch: DocumentBatch) -> Iterator[None]:
+        """Turn the decompressed stream into documents, yielding after each one added."""

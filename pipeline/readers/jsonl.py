@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
-from pipeline.readers.base import DocumentBatch, Reader, fallback_id, parse_timestamp
-from pipeline.readers.streams import ByteReader, CountingStream, StreamBreak, decompressed_events
+from pipeline.readers.base import DocumentBatch, StreamReader, fallback_id, parse_timestamp
+from pipeline.readers.streams import ByteReader, StreamBreak
 
 # Input field → document column. `source` is not mapped: the document's source is the input
 # object; a record's own "source" field is kept in metadata.
@@ -15,43 +15,31 @@ TIMESTAMP_FIELDS = ("crawl_timestamp", "timestamp", "date", "created")
 SCALAR_FIELDS = ("url", "language", "license")
 
 
-class JsonlReader(Reader):
+class JsonlReader(StreamReader):
     fmt = "jsonl"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._raw: CountingStream | None = None
-
-    def _bytes_read(self) -> int:
-        return self._raw.bytes_read if self._raw is not None else 0
-
-    def _fill(self, batch: DocumentBatch) -> Iterator[None]:
-        self._raw = CountingStream(self.store.open_read(self.uri))
+    def _parse(self, reader: ByteReader, batch: DocumentBatch) -> Iterator[None]:
         limit = self.max_doc_bytes + 1
-        try:
-            reader = ByteReader(decompressed_events(self._raw))
-            while True:
-                offset = reader.tell()
-                try:
-                    line = reader.readline(limit)
-                except StreamBreak as exc:
-                    self._records += 1
-                    self.quarantine(offset, exc.brk.reason, exc.brk.detail)
-                    continue
-                if not line:
-                    return
-                if len(line) >= limit and not line.endswith(b"\n"):
-                    self._records += 1
-                    rest = self._skip_line(reader, limit)
-                    self.quarantine(offset, "oversize", f"line is over {len(line) + rest - 1} bytes, over the {self.max_doc_bytes}-byte limit (skipped unparsed)", raw=line[:256])
-                    continue
-                if not line.strip():
-                    continue  # blank lines are separators, not records
+        while True:
+            offset = reader.tell()
+            try:
+                line = reader.readline(limit)
+            except StreamBreak as exc:
                 self._records += 1
-                if self._document(line, offset, batch):
-                    yield
-        finally:
-            self._raw.close()
+                self.quarantine(offset, exc.brk.reason, exc.brk.detail)
+                continue
+            if not line:
+                return
+            if len(line) >= limit and not line.endswith(b"\n"):
+                self._records += 1
+                rest = self._skip_line(reader, limit)
+                self.quarantine(offset, "oversize", f"line is over {len(line) + rest - 1} bytes, over the {self.max_doc_bytes}-byte limit (skipped unparsed)", raw=line[:256])
+                continue
+            if not line.strip():
+                continue  # blank lines are separators, not records
+            self._records += 1
+            if self._document(line, offset, batch):
+                yield
 
     @staticmethod
     def _skip_line(reader: ByteReader, limit: int) -> int:

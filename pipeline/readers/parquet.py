@@ -33,9 +33,7 @@ class ParquetReader(Reader):
         return self._file_bytes
 
     def __iter__(self) -> Iterator[pa.Table]:
-        if self._started:
-            raise RuntimeError(f"{self!r} was already iterated; open a new reader to read again")
-        self._started = True
+        self._start()
         source = self.store.open_random_access(self.uri)
         try:
             try:

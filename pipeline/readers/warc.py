@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Iterator
 
-from pipeline.readers.base import DocumentBatch, Reader, fallback_id, parse_timestamp
+from pipeline.readers.base import DocumentBatch, StreamReader, fallback_id, parse_timestamp
 from pipeline.readers.html import (
     EXTRACTOR,
     PayloadError,
@@ -15,36 +16,25 @@ from pipeline.readers.html import (
     media_type,
     parse_http_response,
 )
-from pipeline.readers.streams import ByteReader, CountingStream, decompressed_events
+from pipeline.readers.streams import ByteReader
 from pipeline.readers.warc_records import RecordError, WarcRecord, iter_warc_records
 
 
-class _WarcFamilyReader(Reader):
-    """Opens the object, decompresses, parses records; subclasses turn records into documents."""
+class _WarcFamilyReader(StreamReader):
+    """Parses WARC records from the stream; subclasses turn records into documents."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._raw: CountingStream | None = None
+    def _parse(self, reader: ByteReader, batch: DocumentBatch) -> Iterator[None]:
+        for item in iter_warc_records(reader, self.max_doc_bytes):
+            self._records += 1
+            if isinstance(item, RecordError):
+                self.quarantine(item.offset, item.reason, item.detail, item.record_id, item.raw)
+                continue
+            if self._document(item, batch):
+                yield
 
-    def _bytes_read(self) -> int:
-        return self._raw.bytes_read if self._raw is not None else 0
-
-    def _fill(self, batch: DocumentBatch) -> Iterator[None]:
-        self._raw = CountingStream(self.store.open_read(self.uri))
-        try:
-            reader = ByteReader(decompressed_events(self._raw))
-            for item in iter_warc_records(reader, self.max_doc_bytes):
-                self._records += 1
-                if isinstance(item, RecordError):
-                    self.quarantine(item.offset, item.reason, item.detail, item.record_id, item.raw)
-                    continue
-                if self._document(item, batch):
-                    yield
-        finally:
-            self._raw.close()
-
+    @abstractmethod
     def _document(self, record: WarcRecord, batch: DocumentBatch) -> bool:
-        raise NotImplementedError
+        """Add the record's document to `batch` if it makes one; say whether it did."""
 
     def _oversize(self, record: WarcRecord) -> bool:
         if record.block is not None:

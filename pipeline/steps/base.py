@@ -69,7 +69,8 @@ class Step(ABC):
     def __call__(self, table: pa.Table) -> pa.Table:
         start = time.perf_counter()
         self.stats.docs_in += table.num_rows
-        self.stats.bytes_in += pc.sum(pc.binary_length(table.column("text"))).as_py() or 0 if table.num_rows else 0
+        if table.num_rows:
+            self.stats.bytes_in += pc.sum(pc.binary_length(table.column("text"))).as_py() or 0
         out, reasons = self.annotate(table)
         if reasons is not None and len(reasons):
             keep = pc.is_null(reasons)
