@@ -7,6 +7,7 @@ them three times side by side in this command:
   plain-2   the pipeline's stage functions in a plain loop on a 2-process pool
   prefect-2 the corpus_refresh flow with 2 worker processes
   prefect-1 the flow with 1 worker process (for the speed-up)
+  dask-2    the flow on a local Dask cluster of 2 single-threaded workers (--compare-dask)
 
 overhead = (wall(prefect-2) − wall(plain-2)) / wall(prefect-2). Last line: one JSON object.
 """
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=16)
     ap.add_argument("--shard-mb", type=float, default=20.0)
     ap.add_argument("--skip-one-worker", action="store_true")
+    ap.add_argument("--compare-dask", action="store_true", help="also run the flow on a local prefect-dask cluster")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tokenmill-bench-flow-"))
@@ -110,12 +112,13 @@ def run(args, server) -> None:
     timings["plain-2"] = time.perf_counter() - start
     print(f"plain-2: {timings['plain-2']:.1f}s", file=sys.stderr)
 
-    for workers in ([2] if args.skip_one_worker else [2, 1]):
-        params = CorpusRefreshParams(sources=sources, dataset=f"s3://bench/datasets/prefect-{workers}", runner={"kind": "process", "workers": workers})
+    runs = [("prefect-2", "process", 2)] + ([] if args.skip_one_worker else [("prefect-1", "process", 1)]) + ([("dask-2", "dask", 2)] if args.compare_dask else [])
+    for name, kind, workers in runs:
+        params = CorpusRefreshParams(sources=sources, dataset=f"s3://bench/datasets/{name}", runner={"kind": kind, "workers": workers})
         start = time.perf_counter()
         corpus_refresh(params)
-        timings[f"prefect-{workers}"] = time.perf_counter() - start
-        print(f"prefect-{workers}: {timings[f'prefect-{workers}']:.1f}s", file=sys.stderr)
+        timings[name] = time.perf_counter() - start
+        print(f"{name}: {timings[name]:.1f}s", file=sys.stderr)
 
     overhead = (timings["prefect-2"] - timings["plain-2"]) / timings["prefect-2"]
     result = {
@@ -125,6 +128,7 @@ def run(args, server) -> None:
         "overhead": round(overhead, 4),
         "speedup_2_workers": round(timings["prefect-1"] / timings["prefect-2"], 3) if "prefect-1" in timings else None,
         "mb_per_s_prefect_2": round(text_mb / timings["prefect-2"], 2),
+        "dask_vs_process": round(timings["dask-2"] / timings["prefect-2"], 3) if "dask-2" in timings else None,
     }
     print(json.dumps(result))
 

@@ -12,7 +12,9 @@ from pipeline.settings import ENV_DASK_ADDRESS
 
 class RunnerOptions(BaseModel):
     kind: Literal["process", "dask", "threads"] = Field(
-        "process", description="process: a local pool of worker processes; dask: an existing Dask cluster; threads: in-process"
+        "process",
+        description="process: a local pool of worker processes (default: measured fastest here, bench/flow.py); "
+        "dask: the Dask cluster at dask_address, or a local one; threads: in-process",
     )
     workers: int = Field(2, ge=1, le=512, description="parallel workers for process/threads")
     dask_address: str | None = Field(None, description=f"tcp://host:8786 of a Dask scheduler (default ${ENV_DASK_ADDRESS})")
@@ -23,9 +25,10 @@ def task_runner(options: RunnerOptions):
         from prefect_dask import DaskTaskRunner
 
         address = options.dask_address or os.environ.get(ENV_DASK_ADDRESS)
-        if not address:
-            raise ValueError(f"runner kind 'dask' needs dask_address or ${ENV_DASK_ADDRESS}")
-        return DaskTaskRunner(address=address)
+        if address:
+            return DaskTaskRunner(address=address)
+        # No cluster given: a local one, one single-threaded worker process per worker.
+        return DaskTaskRunner(cluster_kwargs={"n_workers": options.workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None})
     if options.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=options.workers)
     return ProcessPoolTaskRunner(max_workers=options.workers)

@@ -7,6 +7,7 @@ is set, no server is started: that MinIO/S3 is used as it is.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -111,6 +112,7 @@ def start_s3_server(root: str | Path, *, kind: str | None = None, s3_port: int |
     )
     server = S3Server(settings=settings, root=root, kind=kind, ports=ports)
     server.process = _spawn(kind, root, ports, settings)
+    atexit.register(server.stop)  # a caller that crashes must not leave a server behind
     try:
         _wait_ready(server)
     except BaseException:

@@ -381,6 +381,18 @@ def _arrow_s3(s: StorageSettings, max_attempts: int) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def _forget_clients_after_fork() -> None:
+    """A forked child must not share the parent's pooled connections: responses would cross
+    between processes. It makes its own clients on first use."""
+    global _client_lock
+    _client_lock = threading.Lock()
+    _boto3_client.cache_clear()
+    _arrow_s3.cache_clear()
+
+
+os.register_at_fork(after_in_child=_forget_clients_after_fork)
+
+
 def glob_to_regex(pattern: str) -> str:
     out = []
     i = 0

@@ -98,3 +98,22 @@ def test_wrong_credentials_and_missing_bucket(s3_settings, store, bucket):
 def test_settings_never_show_secrets(s3_settings):
     assert s3_settings.secret_key not in repr(s3_settings)
     assert s3_settings.secret_key not in repr(ObjectStore(s3_settings))
+
+
+def test_forked_workers_get_their_own_connections(store, bucket):
+    """Children of a fork pool must not reuse the parent's pooled sockets (crossed responses)."""
+    import multiprocessing
+
+    for i in range(40):
+        store.put_bytes(join(bucket, f"fork/{i:03d}"), f"payload-{i}".encode())
+    assert store.get_bytes(join(bucket, "fork/000")) == b"payload-0"  # the parent's pool now holds a connection
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        results = pool.map(_read_back, [(store.settings, join(bucket, f"fork/{i:03d}")) for i in range(40)] * 8)
+    assert results == [f"payload-{i}".encode() for i in range(40)] * 8
+
+
+def _read_back(args) -> bytes:
+    settings, uri = args
+    store = ObjectStore(settings)
+    assert store.head(uri) is not None
+    return store.get_bytes(uri)
