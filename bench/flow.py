@@ -4,7 +4,9 @@ Builds N shards of realistic size (≥ 20 MB of text each by default) by replica
 shared web sample with perturbations, uploads them to an embedded S3 server, then refreshes
 them three times side by side in this command:
 
-  plain-2   the pipeline's stage functions in a plain loop on a 2-process pool
+  plain-2   the pipeline's stage functions in a plain loop on a 2-process pool (started with
+            `spawn` by default, as Prefect's process pool is: both pay for fresh interpreters;
+            `--baseline-start-method fork` lets the baseline inherit this process's imports)
   prefect-2 the corpus_refresh flow with 2 worker processes
   prefect-1 the flow with 1 worker process (for the speed-up)
   dask-2    the flow on a local Dask cluster of 2 single-threaded workers (--compare-dask)
@@ -18,6 +20,7 @@ import argparse
 import gzip
 import io
 import json
+import multiprocessing
 import os
 import random
 import sys
@@ -59,6 +62,7 @@ def main() -> None:
     ap.add_argument("--shard-mb", type=float, default=20.0)
     ap.add_argument("--skip-one-worker", action="store_true")
     ap.add_argument("--compare-dask", action="store_true", help="also run the flow on a local prefect-dask cluster")
+    ap.add_argument("--baseline-start-method", choices=["spawn", "fork"], default="spawn")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tokenmill-bench-flow-"))
@@ -107,7 +111,7 @@ def run(args, server) -> None:
     timings = {}
     plan = plan_refresh(list_sources(sources, store), "s3://bench/datasets/plain-2", load_filter_config(None), DedupConfig(**DEFAULT_DEDUP), read=ReadOptions(), store=store)
     start = time.perf_counter()
-    with ProcessPoolExecutor(2) as pool:
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(args.baseline_start_method)) as pool:
         run_refresh(plan, executor=pool)
     timings["plain-2"] = time.perf_counter() - start
     print(f"plain-2: {timings['plain-2']:.1f}s", file=sys.stderr)
@@ -123,6 +127,7 @@ def run(args, server) -> None:
     overhead = (timings["prefect-2"] - timings["plain-2"]) / timings["prefect-2"]
     result = {
         "shards": args.shards,
+        "baseline_start_method": args.baseline_start_method,
         "text_mb": round(text_mb, 1),
         "wall_s": {k: round(v, 2) for k, v in timings.items()},
         "overhead": round(overhead, 4),

@@ -89,24 +89,28 @@ def _gather(futures, progress: Progress | None = None) -> list:
 
 
 def coarse_groups(items: list, workers: int) -> list[list]:
-    """About two groups per worker: each task costs ~0.2 s of orchestration, a band partition
-    only a fraction of that, so partitions travel in groups."""
+    """About two groups per worker: each task costs ~0.2–0.5 s of orchestration and a band
+    partition only a fraction of that, so partitions travel in groups (shards, seconds of
+    work each, stay one task apiece)."""
     n = max(1, min(len(items), 2 * workers))
     return [items[i::n] for i in range(n)]
+
+
+def _flat(groups: list[list[dict]]) -> list[dict]:
+    return [item for group in groups for item in group]
 
 
 @flow(name="corpus-refresh-stages")
 def refresh_stages(plan: refresh.RefreshPlan, workers: int) -> dict:
     """The mapped stages; runs under the task runner the parameters chose."""
     logger = get_run_logger()
-    shards_total = len(plan.sources)
-    progress = Progress(2 * shards_total + 1, f"refresh {plan.final.uri}")
+    progress = Progress(2 * len(plan.sources) + 1, f"refresh {plan.final.uri}")
     filter_results = _gather(filter_source.map(plan, list(plan.sources)), progress)
     for r in filter_results:
         logger.info("%s: %d read, %d kept%s", basename(r["source"]), r["reader"].get("documents", 0), r["documents_out"], " (resumed)" if r["skipped"] else "")
     shards, partitions = plan_deduplication(plan)
     dedup: dict = {"signatures": _gather(signatures.map(plan, shards))}
-    dedup["candidates"] = [c for group in _gather(candidates.map(plan, coarse_groups(partitions, workers))) for c in group]
+    dedup["candidates"] = _flat(_gather(candidates.map(plan, coarse_groups(partitions, workers))))
     dedup["clusters"] = clusters(plan)
     progress.advance()
     dedup["filter"] = _gather(deduplicate_shard.map(plan, shards), progress)
