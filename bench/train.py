@@ -94,8 +94,8 @@ def ddp_worker(args) -> None:
 
 def prepare_tokens(store, docs: int, seq_len: int, vocab: int) -> dict:
     from model.tokenizer import train_tokenizer
-    from pipeline.dataset import DatasetVersion, ShardWriter
-    from pipeline.schema import DOCUMENT_SCHEMA, documents_from_pylist
+    from pipeline.dataset import DatasetVersion, write_sealed
+    from pipeline.schema import documents_from_pylist
     from pipeline.tokenize import tokenize_dataset
 
     rows = []
@@ -107,12 +107,7 @@ def prepare_tokens(store, docs: int, seq_len: int, vocab: int) -> dict:
                 break
     store.ensure_bucket("bench")
     version = DatasetVersion("s3://bench/docs", "v1", store)
-    per_shard = max(1, len(rows) // 4)
-    for i in range(0, len(rows), per_shard):
-        with ShardWriter(version, f"part{i // per_shard:03d}", schema=DOCUMENT_SCHEMA) as writer:
-            writer.write(documents_from_pylist(rows[i : i + per_shard]))
-            writer.commit()
-    version.seal()
+    write_sealed(version, documents_from_pylist(rows), max(1, len(rows) // 4))
     tok = train_tokenizer("s3://bench/docs", "v1", "s3://bench/tokenizer/", vocab, store=store)
     return tokenize_dataset("s3://bench/docs", "v1", tok, "s3://bench/tokens", seq_len, val_fraction=0.01, store=store, rows_per_group=256)
 

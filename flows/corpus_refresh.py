@@ -37,7 +37,7 @@ STAGE_TASK = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_fac
 class CorpusRefreshParams(BaseModel):
     sources: list[str] = Field(..., min_length=1, description="input URIs or globs (WARC/WET/JSONL/Parquet)")
     dataset: str = Field(..., description="output dataset name (under $TOKENMILL_DATA_ROOT/datasets/) or URI")
-    filters: str | dict[str, Any] | None = Field(None, description="filter config: a YAML path/URI or an inline dict merged over the defaults")
+    filters: str | dict[str, Any] | None = Field(None, description="filter config overrides: a YAML path or a mapping, merged over the defaults")
     dedup: dict[str, Any] = Field(default_factory=dict, description="DedupConfig fields over the refresh defaults (threshold, num_perm, bands, rows, exact, ...)")
     format: str | None = Field(None, description="input format; default: from file names")
     max_doc_bytes: int = Field(5_000_000, ge=1024)
@@ -127,7 +127,7 @@ def corpus_refresh(params: CorpusRefreshParams) -> dict:
     uri = resolve_dataset_uri(params.dataset)
     store.check(uri)
     sources = list_sources(params.sources, store)
-    filter_config = params.filters if isinstance(params.filters, dict) and "steps" in params.filters else load_filter_config(params.filters)
+    filter_config = load_filter_config(params.filters)
     plan = refresh.plan_refresh(
         sources, uri, filter_config, DedupConfig(**{**refresh.DEFAULT_DEDUP, **params.dedup}),
         read=ReadOptions(fmt=params.format, max_doc_bytes=params.max_doc_bytes), target_bytes=params.target_shard_mb << 20, store=store,

@@ -13,10 +13,10 @@ from pydantic import BaseModel, Field
 
 import pipeline
 from pipeline.dataset import DatasetVersion, canonical_json, config_hash, make_version_id, resolve_dataset_uri
-from pipeline.process import ReadOptions, process_source
+from pipeline.process import ReadOptions, process_source, totals
 from pipeline.storage import ObjectInfo, ObjectStore, StorageError
 
-from flows.reporting import Progress, publish_markdown, publish_unit_table, totals
+from flows.reporting import Progress, publish_markdown, publish_unit_table
 from flows.runners import RunnerOptions, task_runner
 
 
@@ -46,21 +46,23 @@ def ingest_source(source: ObjectInfo, dataset: str, version: str, read: ReadOpti
     return process_source(source, DatasetVersion(dataset, version), read=read, target_bytes=target_bytes, config_hash_=cfg_hash)
 
 
-@flow(name="ingest", log_prints=True)
-def ingest(params: IngestParams) -> dict:
-    """Read every source into one new dataset version and seal it."""
-    return run_units(params)
-
-
-def run_units(params: IngestParams) -> dict:
-    logger = get_run_logger()
-    store = ObjectStore()
+def plan_ingest(params: IngestParams, store: ObjectStore) -> tuple[DatasetVersion, list[ObjectInfo], str]:
+    """The version an ingest writes (a hash of the inputs' ETags and sizes, the config and the
+    code version), its sources and config hash: the same ingest re-run resumes the same version."""
     uri = resolve_dataset_uri(params.dataset)
     store.check(uri)
     sources = list_sources(params.sources, store)
     config = params.model_dump(exclude={"runner", "sources"})
-    cfg_hash = config_hash(config)
     version = DatasetVersion(uri, make_version_id([(s.uri, s.etag, s.size) for s in sources], config, pipeline.__version__), store)
+    return version, sources, config_hash(config)
+
+
+@flow(name="ingest", log_prints=True)
+def ingest(params: IngestParams) -> dict:
+    """Read every source into one new dataset version and seal it."""
+    logger = get_run_logger()
+    version, sources, cfg_hash = plan_ingest(params, ObjectStore())
+    uri = version.dataset_uri
     logger.info("ingesting %d objects into %s", len(sources), version.uri)
     read = ReadOptions(fmt=params.format, batch_size=params.batch_size, max_doc_bytes=params.max_doc_bytes)
     progress = Progress(len(sources), f"ingest into {version.uri}")

@@ -1,8 +1,8 @@
 """Artifacts shown in the Prefect UI: per-unit count tables, progress, markdown reports."""
 
-from collections import Counter
-
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+
+from pipeline.steps.base import dropped_by_rule
 
 
 class Progress:
@@ -19,36 +19,18 @@ class Progress:
 
 
 def unit_rows(results: list[dict]) -> list[dict]:
-    """One table row per unit: documents in/out, quarantined, drops by reason."""
-    rows = []
-    for r in results:
-        reader = r.get("reader", {})
-        dropped = Counter()
-        for step in r.get("steps", []):
-            dropped.update({f"{step['name']}:{k}": v for k, v in step["dropped"].items()})
-        rows.append(
-            {
-                "unit": r["unit"],
-                "read": reader.get("documents", 0),
-                "kept": r.get("documents_out", 0),
-                "quarantined": r.get("quarantined", 0),
-                "dropped": ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())) or "-",
-                "resumed": "yes" if r.get("skipped") else "no",
-            }
-        )
-    return rows
-
-
-def totals(results: list[dict]) -> dict:
-    read = sum(r.get("reader", {}).get("documents", 0) for r in results)
-    kept = sum(r.get("documents_out", 0) for r in results)
-    quarantined: Counter = Counter()
-    dropped: Counter = Counter()
-    for r in results:
-        quarantined.update(r.get("reader", {}).get("quarantined", {}))
-        for step in r.get("steps", []):
-            dropped.update({f"{step['name']}:{k}": v for k, v in step["dropped"].items()})
-    return {"read": read, "kept": kept, "quarantined": dict(quarantined), "dropped": dict(dropped)}
+    """One table row per unit: documents in/out, quarantined, drops by rule."""
+    return [
+        {
+            "unit": r["unit"],
+            "read": r["reader"].get("documents", 0),
+            "kept": r["documents_out"],
+            "quarantined": r["quarantined"],
+            "dropped": ", ".join(f"{k}={v}" for k, v in sorted(dropped_by_rule(r["steps"]).items())) or "-",
+            "resumed": "yes" if r["skipped"] else "no",
+        }
+        for r in results
+    ]
 
 
 def publish_unit_table(key: str, results: list[dict], description: str) -> None:

@@ -17,8 +17,10 @@ import pyarrow as pa
 from pipeline.dataset import DEFAULT_TARGET_BYTES, DatasetVersion, ShardWriter, unit_name
 from pipeline.readers import open_reader
 from pipeline.schema import DOCUMENT_SCHEMA, conform
-from pipeline.steps.base import Chain
-from pipeline.storage import ObjectInfo, ObjectStore, StorageError
+from collections import Counter
+
+from pipeline.steps.base import Chain, dropped_by_rule
+from pipeline.storage import ObjectInfo, StorageError
 
 
 class EmptyOutputError(StorageError):
@@ -81,3 +83,18 @@ def process_source(
             raise EmptyOutputError(f"{source.uri}: {source.size} bytes of input gave no document, no quarantine record and no skipped record")
         writer.commit(counts=counts, quarantine=quarantine, config_hash_=config_hash_)
     return {**counts, "unit": unit, "skipped": False}
+
+
+def totals(results: list[dict]) -> dict:
+    """What a set of `process_source` results read, kept, quarantined and dropped (by rule)."""
+    quarantined: Counter = Counter()
+    dropped: Counter = Counter()
+    for r in results:
+        quarantined.update(r["reader"].get("quarantined", {}))
+        dropped.update(dropped_by_rule(r["steps"]))
+    return {
+        "read": sum(r["reader"].get("documents", 0) for r in results),
+        "kept": sum(r["documents_out"] for r in results),
+        "quarantined": dict(sorted(quarantined.items())),
+        "dropped": dict(sorted(dropped.items())),
+    }

@@ -15,7 +15,7 @@ Object layout of a refresh of dataset D into version V::
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from functools import partial
 
 import pyarrow.compute as pc
@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pipeline
 from pipeline.dataset import DatasetVersion, Manifest, config_hash, make_version_id, read_parquet
 from pipeline.dedup import DedupConfig, audit_stage, candidates_stage, clusters_stage, filter_stage, plan_dedup, signatures_stage
-from pipeline.process import ReadOptions, process_source
-from pipeline.removals import RemovalFilter, registered_requests
+from pipeline.process import ReadOptions, process_source, totals
+from pipeline.removals import RemovalFilter, RemovalRequest, registered_requests
 from pipeline.steps.base import Chain
 from pipeline.steps.chain import build_chain
 from pipeline.storage import ObjectInfo, ObjectStore, join
@@ -40,13 +40,13 @@ DEFAULT_DEDUP = {"num_perm": 120, "bands": 20, "rows": 6, "threshold": 0.8, "ver
 @dataclass(frozen=True)
 class RefreshPlan:
     dataset_uri: str
-    version: str
     sources: tuple[ObjectInfo, ...]
     filter_config: dict
     dedup_config: DedupConfig
     read: ReadOptions = ReadOptions()
     target_bytes: int = 128 << 20
-    removal_names: tuple[str, ...] = field(default=())
+    removals: tuple[RemovalRequest, ...] = ()
+    version: str = ""  # set by plan_refresh from everything above
 
     @property
     def filtered(self) -> DatasetVersion:
@@ -62,7 +62,7 @@ class RefreshPlan:
 
     @property
     def config(self) -> dict:
-        return {"filters": self.filter_config, "dedup": self.dedup_config.as_dict(), "read": self.read.__dict__, "removals": list(self.removal_names)}
+        return {"filters": self.filter_config, "dedup": self.dedup_config.as_dict(), "read": self.read.__dict__, "removals": [r.to_json() for r in self.removals]}
 
 
 def plan_refresh(
@@ -71,18 +71,16 @@ def plan_refresh(
 ) -> RefreshPlan:  # fmt: skip
     """The version id covers input ETags and sizes, every config, the registered removal
     requests and the code version: the same refresh re-run resumes the same version."""
-    removal_names = tuple(sorted(r.name for r in registered_requests(dataset_uri, store)))
-    plan = RefreshPlan(dataset_uri, "", tuple(sources), filter_config, dedup_config, read, target_bytes, removal_names)
-    version = make_version_id([(s.uri, s.etag, s.size) for s in sources], plan.config, pipeline.__version__)
-    return RefreshPlan(dataset_uri, version, tuple(sources), filter_config, dedup_config, read, target_bytes, removal_names)
+    removals = tuple(sorted(registered_requests(dataset_uri, store), key=lambda r: r.name))
+    plan = RefreshPlan(dataset_uri, tuple(sources), filter_config, dedup_config, read, target_bytes, removals)
+    return replace(plan, version=make_version_id([(s.uri, s.etag, s.size) for s in sources], plan.config, pipeline.__version__))
 
 
 def refresh_chain(plan: RefreshPlan) -> Chain:
     """Removal requests first (nothing removed is ever filtered, scored or deduplicated), then the filters."""
     chain = build_chain(plan.filter_config)
-    requests = [r for r in registered_requests(plan.dataset_uri) if r.name in plan.removal_names]
-    if requests:
-        chain.steps.insert(0, RemovalFilter(requests))
+    if plan.removals:
+        chain.steps.insert(0, RemovalFilter(list(plan.removals)))
     return chain
 
 
@@ -129,35 +127,26 @@ def seal(plan: RefreshPlan, filter_results: list[dict], dedup_counts: dict) -> M
 
 
 def summarize(plan: RefreshPlan, filter_results: list[dict], dedup_counts: dict, manifest: Manifest) -> dict:
-    read = sum(r["reader"].get("documents", 0) for r in filter_results)
-    after_filters = sum(r["documents_out"] for r in filter_results)
-    dropped: dict[str, int] = {}
-    quarantined: dict[str, int] = {}
-    for r in filter_results:
-        for step in r["steps"]:
-            for reason, n in step["dropped"].items():
-                dropped[f"{step['name']}:{reason}"] = dropped.get(f"{step['name']}:{reason}", 0) + n
-        for reason, n in r["reader"].get("quarantined", {}).items():
-            quarantined[reason] = quarantined.get(reason, 0) + n
+    counts = totals(filter_results)
     languages, text_bytes = language_mix(plan.final, manifest)
     return {
         "version": plan.version,
         "sources": len(plan.sources),
         "source_bytes": sum(s.size for s in plan.sources),
-        "documents_read": read,
-        "after_filters": after_filters,
+        "documents_read": counts["read"],
+        "after_filters": counts["kept"],
         "documents": manifest.rows,
-        "dedup_removed": after_filters - manifest.rows,
-        "dedup_rate": round((after_filters - manifest.rows) / after_filters, 4) if after_filters else 0.0,
-        "dropped": dict(sorted(dropped.items())),
-        "quarantined": dict(sorted(quarantined.items())),
+        "dedup_removed": counts["kept"] - manifest.rows,
+        "dedup_rate": round((counts["kept"] - manifest.rows) / counts["kept"], 4) if counts["kept"] else 0.0,
+        "dropped": counts["dropped"],
+        "quarantined": counts["quarantined"],
         "text_bytes": text_bytes,
         "estimated_tokens": int(text_bytes / CHARS_PER_TOKEN),
         "languages": languages,
         "dedup": dedup_counts,
         "shards": len(manifest.shards),
         "bytes": manifest.bytes,
-        "removal_requests": list(plan.removal_names),
+        "removal_requests": [r.name for r in plan.removals],
     }
 
 

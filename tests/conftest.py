@@ -3,6 +3,8 @@ endpoint), a fresh bucket per test, the shared data folder, and Prefect's test h
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import uuid
 from pathlib import Path
@@ -14,6 +16,16 @@ from pipeline.settings import ENV_S3_ENDPOINT, StorageSettings
 from pipeline.storage import ObjectStore
 
 SHARED = Path(os.environ.get("TOKENMILL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def read_web_sample(shared: Path, n: int) -> list[dict]:
+    """The first `n` pages of the shared web sample as document rows."""
+    rows = []
+    with gzip.open(shared / "corpora/web/web_sample.jsonl.gz", "rt", encoding="utf-8") as fh:
+        for line, _ in zip(fh, range(n)):
+            doc = json.loads(line)
+            rows.append({"id": doc["id"], "text": doc["text"], "source": "web_sample.jsonl.gz", "metadata": doc.get("metadata")})
+    return rows
 
 
 @pytest.fixture(scope="session")

@@ -26,34 +26,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from flows.cli.progress import run_with_progress
-    from flows.ingest import IngestParams, ingest, list_sources
-    from pipeline.dataset import resolve_dataset_uri
+    from flows.ingest import IngestParams, ingest, plan_ingest
     from pipeline.storage import ObjectStore
 
     try:
         params = IngestParams(sources=args.sources, dataset=args.dataset, format=args.format, target_shard_mb=args.shard_mb, runner={"workers": args.workers})
     except ValidationError as exc:
         raise CommandError(exc.errors()[0]["msg"]) from exc
-    store = ObjectStore()
-    store.check(resolve_dataset_uri(params.dataset))
-    total = len(list_sources(params.sources, store))
-    summary = run_with_progress(f"ingest → {params.dataset}", total, lambda: ingest(params), lambda: _committed_units(params, store))
+    version, sources, _ = plan_ingest(params, ObjectStore())
+    summary = run_with_progress(f"ingest → {version.uri}", len(sources), lambda: ingest(params), lambda: len(version.manifest().units))
     print(json.dumps({k: summary[k] for k in ("uri", "rows", "bytes", "quarantined")}, indent=1))
     return 0
-
-
-def _committed_units(params, store) -> int:
-    """Units committed in the newest open version of the dataset (what the running flow writes)."""
-    from pipeline.dataset import DatasetVersion, resolve_dataset_uri
-    from pipeline.storage import join
-
-    uri = resolve_dataset_uri(params.dataset)
-    snapshots = store.list(join(uri, "versions") + "/")
-    manifests = [o.uri for o in snapshots if "/_manifest/" in o.uri]
-    if not manifests:
-        return 0
-    version = manifests[-1].split("/versions/")[1].split("/")[0]
-    return len(DatasetVersion(uri, version, store).manifest().units)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:

@@ -102,7 +102,13 @@ class Chain:
 
     def dropped(self) -> Counter:
         """All drops of the chain as `step:reason` -> count."""
-        total: Counter = Counter()
-        for s in self.stats():
-            total.update({f"{s.name}:{reason}": n for reason, n in s.dropped.items()})
-        return total
+        return dropped_by_rule(self.stats())
+
+
+def dropped_by_rule(stats: Iterable[StepStats | dict]) -> Counter:
+    """Drops as `step:reason` -> count, from live stats or their `as_dict()` form."""
+    total: Counter = Counter()
+    for s in stats:
+        d = s.as_dict() if isinstance(s, StepStats) else s
+        total.update({f"{d['name']}:{reason}": n for reason, n in d["dropped"].items()})
+    return total

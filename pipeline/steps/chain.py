@@ -31,12 +31,14 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def load_filter_config(path: str | Path | None = None) -> dict:
-    """The defaults, with the user's YAML file (if any) merged over them. Plain JSON-able
-    data: hash it for dataset versions."""
+def load_filter_config(overrides: str | Path | dict | None = None) -> dict:
+    """The defaults, with the user's overrides merged over them: a YAML file, or a mapping
+    (e.g. a flow parameter). Plain JSON-able data: hash it for dataset versions."""
     config = _read_yaml(DEFAULTS_PATH)
-    if path is not None:
-        path = Path(path)
+    if isinstance(overrides, dict):
+        config = _merge(config, overrides)
+    elif overrides is not None:
+        path = Path(overrides)
         if not path.is_file():
             raise FileNotFoundError(f"filter config not found: {path}")
         config = _merge(config, _read_yaml(path))

@@ -3,18 +3,16 @@ token dataset on the real S3 server, shared by every test here (tokenizing is th
 
 from __future__ import annotations
 
-import gzip
-import json
 import uuid
-from pathlib import Path
 
 import pytest
 
 from model.tokenizer import train_tokenizer
-from pipeline.dataset import DatasetVersion, ShardWriter
-from pipeline.schema import DOCUMENT_SCHEMA, documents_from_pylist
+from pipeline.dataset import DatasetVersion, write_sealed
+from pipeline.schema import documents_from_pylist
 from pipeline.storage import ObjectStore
 from pipeline.tokenize import tokenize_dataset
+from tests.conftest import read_web_sample
 
 DOCS = 120
 DOCS_PER_SHARD = 40
@@ -22,24 +20,9 @@ VOCAB = 1024
 SEQ_LEN = 32
 
 
-def read_web_sample(shared: Path, n: int) -> list[dict]:
-    rows = []
-    with gzip.open(shared / "corpora/web/web_sample.jsonl.gz", "rt", encoding="utf-8") as fh:
-        for line in fh:
-            doc = json.loads(line)
-            rows.append({"id": doc["id"], "text": doc["text"], "source": "web_sample.jsonl.gz", "metadata": doc.get("metadata")})
-            if len(rows) == n:
-                break
-    return rows
-
-
 def write_source_dataset(store: ObjectStore, uri: str, rows: list[dict], per_shard: int) -> DatasetVersion:
     version = DatasetVersion(uri, "v1", store)
-    for i in range(0, len(rows), per_shard):
-        with ShardWriter(version, f"part{i // per_shard:03d}", schema=DOCUMENT_SCHEMA) as writer:
-            writer.write(documents_from_pylist(rows[i : i + per_shard]))
-            writer.commit(counts={"docs": len(rows[i : i + per_shard])})
-    version.seal()
+    write_sealed(version, documents_from_pylist(rows), per_shard)
     return version
 
 

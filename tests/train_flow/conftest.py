@@ -3,17 +3,16 @@ single-node Slurm cluster (munged + slurmctld + slurmd) started for the session.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import uuid
 from pathlib import Path
 
 import pytest
 
-from pipeline.dataset import DatasetVersion, ShardWriter
-from pipeline.schema import DOCUMENT_SCHEMA, documents_from_pylist
+from pipeline.dataset import DatasetVersion, write_sealed
+from pipeline.schema import documents_from_pylist
 from pipeline.storage import ObjectStore
+from tests.conftest import read_web_sample
 from tests.train_flow.slurm_cluster import SlurmCluster, slurm_missing
 
 DOCS = 120
@@ -26,20 +25,8 @@ def corpus(s3_settings, shared) -> str:
     store = ObjectStore(s3_settings)
     bucket = f"train-{uuid.uuid4().hex[:10]}"
     store.ensure_bucket(bucket)
-    rows = []
-    with gzip.open(shared / "corpora/web/web_sample.jsonl.gz", "rt", encoding="utf-8") as fh:
-        for line in fh:
-            doc = json.loads(line)
-            rows.append({"id": doc["id"], "text": doc["text"], "source": "web_sample.jsonl.gz"})
-            if len(rows) == DOCS:
-                break
     uri = f"s3://{bucket}/web"
-    version = DatasetVersion(uri, "v1", store)
-    for i in range(0, DOCS, DOCS_PER_SHARD):
-        with ShardWriter(version, f"part{i // DOCS_PER_SHARD}", schema=DOCUMENT_SCHEMA) as writer:
-            writer.write(documents_from_pylist(rows[i : i + DOCS_PER_SHARD]))
-            writer.commit()
-    version.seal()
+    write_sealed(DatasetVersion(uri, "v1", store), documents_from_pylist(read_web_sample(shared, DOCS)), DOCS_PER_SHARD)
     return uri
 
 
