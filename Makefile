@@ -14,7 +14,7 @@ export DO_NOT_TRACK ?= 1
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[local,train,k8s,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[local,train,k8s,filters-datatrove,dev]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -27,7 +27,7 @@ demo: venv
 	$(VENV)/bin/tokenmill demo
 
 test: venv system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 up: venv
 	$(VENV)/bin/tokenmill up

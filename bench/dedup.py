@@ -1,6 +1,7 @@
-"""Dedup benchmark: quality (precision/recall/F1 against exact Jaccard) and cost (documents per
-CPU-second per stage, peak RSS per stage) of pipeline.dedup, at 1x and 8x corpus size, side
-by side with datatrove 0.10's minhash pipeline and datasketch's per-shingle MinHash + LSH.
+"""Dedup benchmark: quality (precision and recall reported separately, against exact Jaccard)
+and cost (documents per CPU-second per stage, peak RSS per stage) of pipeline.dedup, at 1x
+and 8x corpus size, side by side with datatrove 0.10's minhash pipeline (when a Python with
+it is given) and datasketch's MinHash (`update_batch`, its fastest path) + MinHashLSH.
 
     .venv/bin/python bench/dedup.py [--scales 1,8] [--datatrove-python /tmp/dtvenv/bin/python]
 
@@ -11,9 +12,13 @@ planted variant at a target Jaccard (1.0 as a case/punctuation-changed exact cop
 of every planted pair is measured, not assumed. Recall: planted pairs with Jaccard >= the
 threshold that end up in one cluster. Precision: removed documents whose exact Jaccard with
 their representative is >= the threshold (natural duplicates in the sample count when they
-are truly similar). Each stage group runs in a fresh subprocess (its peak RSS is its own);
-CPU is getrusage self + children. Work data on the local disk (same for datatrove). The last
-line is one JSON object.
+are truly similar). Verification and that metric share the pipeline's shingler, so precision
+is partly built in: `precision_independent` measures the same with another tokenizer
+(Python's `\w+` words of the lower-cased text, 5-gram sets). `original_kept_share`: among
+found planted pairs, how often the representative rule kept the source rather than the
+variant, by kind of variant. The pipeline runs in a fresh subprocess; each stage's CPU
+(getrusage) and peak RSS (VmHWM, reset per stage through /proc/self/clear_refs) are its own.
+Work data on the local disk (same for datatrove). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import gzip
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -38,9 +44,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.dataset import DatasetVersion, read_parquet  # noqa: E402
-from pipeline.dedup import DedupConfig, shingle_hash32, shingle_hashes, normalize, shingles  # noqa: E402
-from pipeline.dedup import stages  # noqa: E402
+from pipeline.dataset import DatasetVersion  # noqa: E402
+from pipeline.dedup import DedupConfig, DedupJob, read_removals, run_stages, serial_map, shingle_hash32, shingle_hashes, normalize, shingles  # noqa: E402
 from pipeline.schema import documents_from_pylist  # noqa: E402
 from pipeline.storage import ObjectStore  # noqa: E402
 
@@ -48,7 +53,7 @@ SHARED = Path(os.environ.get("TOKENMILL_SHARED", ROOT.parent / "shared"))
 LEVELS = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5]
 PLANT_PER_LEVEL = 30
 DOCS_PER_SHARD = 1000
-BENCH_CONFIG = dict(num_perm=120, bands=20, rows=6, threshold=0.8, verify_jaccard=True)
+BENCH_CONFIG = dict(num_perm=120, threshold=0.8, verify_jaccard=True)  # bands from the threshold: 20 x 6
 DEFAULT_CONFIG = dict(num_perm=128, threshold=0.8)  # datasketch's optimal 9 x 13, no verification
 
 
@@ -75,6 +80,16 @@ def exact_jaccard(xs: list[str], ys: list[str], ngram: int = 5) -> np.ndarray:
         union = len(a) + len(b) - inter
         out[i] = inter / union if union else 0.0
     return out
+
+
+def independent_jaccard(x: str, y: str, ngram: int = 5) -> float:
+    """5-gram Jaccard with another tokenizer than the pipeline's (Python's \\w+ words)."""
+    def grams(t: str) -> set:
+        words = re.findall(r"\w+", t.lower())
+        return {tuple(words[i : i + ngram]) for i in range(max(1, len(words) - ngram + 1))} if words else set()
+
+    a, b = grams(x), grams(y)
+    return len(a & b) / len(a | b) if a | b else 0.0
 
 
 def perturb(text: str, kind: str, strength: float, rng: random.Random, vocab: list[str], other: str) -> str:
@@ -117,7 +132,7 @@ def build_corpus(scale: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
         if target == 1.0:
             text = src["text"].upper().replace(". ", " ; ").replace("\n", "  \n")
             planted.append({"id": f"{src['id']}~d", "text": text})
-            pairs.append({"src": src["id"], "dup": f"{src['id']}~d", "jaccard": 1.0})
+            pairs.append({"src": src["id"], "dup": f"{src['id']}~d", "jaccard": 1.0, "kind": "exact"})
             continue
         kind = ["edit", "insert", "boilerplate"][i % 3]
         other = rng.choice(base)["text"]
@@ -125,7 +140,7 @@ def build_corpus(scale: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
         js = exact_jaccard([src["text"]] * len(tries), tries)
         best = int(np.argmin(np.abs(js - target)))
         planted.append({"id": f"{src['id']}~d", "text": tries[best]})
-        pairs.append({"src": src["id"], "dup": f"{src['id']}~d", "jaccard": float(js[best])})
+        pairs.append({"src": src["id"], "dup": f"{src['id']}~d", "jaccard": float(js[best]), "kind": kind})
     return docs + planted, pairs
 
 
@@ -142,30 +157,31 @@ def write_shards(docs: list[dict], folder: Path) -> list[str]:
     return uris
 
 
-# -- stage groups, each in its own process --------------------------------------------------------
+# -- the pipeline, in its own process ----------------------------------------------------------
 
 
-def run_group(group: str, uris: list[str], work: str, out: str, config: dict) -> dict:
-    """(In a child process.) Run one stage group; report CPU seconds and peak RSS."""
-    store = ObjectStore()
-    cfg = DedupConfig(**config)
-    version = DatasetVersion(out, "v1", store)
-    start = cpu_seconds()
-    if group == "signatures":
-        stages.plan_dedup(uris, work, cfg, store)
-        result = [stages.signatures_stage(u, work, cfg, store) for u in uris]
-    elif group == "candidates":
-        result = [stages.candidates_stage(p, work, cfg, store) for p in stages.candidate_partitions(cfg)]
-    elif group == "clusters":
-        result = stages.clusters_stage(work, cfg, store)
-    else:
-        result = [stages.filter_stage(u, work, version, cfg, store) for u in uris] + [stages.audit_stage(work, version, cfg, store)]
-    return {"cpu_s": cpu_seconds() - start, "peak_rss_mb": peak_rss_mb(), "result": result}
+def run_child(uris: list[str], work: str, out: str, config: dict) -> dict:
+    """(In a child process.) Every stage in order; per stage: CPU seconds and peak RSS."""
+    job = DedupJob(work, DedupConfig(**config), out, "v1")
+    serial = serial_map(job)
+    per_stage: dict = {}
+
+    def measured(stage: str, items: list) -> list:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # VmHWM := current RSS: the peak below is this stage's
+        start = cpu_seconds()
+        result = serial(stage, items)
+        entry = per_stage.setdefault(stage, {"cpu_s": 0.0, "peak_rss_mb": 0.0})
+        entry["cpu_s"] += cpu_seconds() - start
+        entry["peak_rss_mb"] = max(entry["peak_rss_mb"], peak_rss_mb())
+        return result
+
+    counts = run_stages(job, uris, measured)
+    return {"stages": per_stage, "candidates": counts["candidates"], "verify": counts["verify"], "components": counts["components"], "audit": counts["audit"]}
 
 
 def peak_rss_mb() -> float:
-    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
-    forking parent across exec, so a child would report the (large) parent's peak."""
+    """This process's peak RSS since the last reset (VmHWM)."""
     with open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith("VmHWM:"):
@@ -175,14 +191,12 @@ def peak_rss_mb() -> float:
 
 def run_pipeline(uris: list[str], tmp: Path, config: dict, label: str) -> dict:
     work, out = str(tmp / f"work-{label}"), str(tmp / f"out-{label}")
-    report = {}
-    for group in ["signatures", "candidates", "clusters", "filter"]:
-        args = json.dumps({"group": group, "uris": uris, "work": work, "out": out, "config": config})
-        proc = subprocess.run([sys.executable, __file__, "--child", args], capture_output=True, text=True, check=False)
-        if proc.returncode:
-            raise SystemExit(f"{group} failed:\n{proc.stderr[-3000:]}")
-        report[group] = json.loads(proc.stdout.strip().splitlines()[-1])
-    report["removals"] = read_parquet(ObjectStore(), stages.layout.removals_uri(work)).to_pylist()
+    args = json.dumps({"uris": uris, "work": work, "out": out, "config": config})
+    proc = subprocess.run([sys.executable, __file__, "--child", args], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise SystemExit(f"the dedup run failed:\n{proc.stderr[-3000:]}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report["removals"] = read_removals(DatasetVersion(out, "v1", ObjectStore())).to_pylist()
     return report
 
 
@@ -198,18 +212,26 @@ def quality(docs: list[dict], pairs: list[dict], removals: list[dict], threshold
     found = sum(1 for p in truth if p["dup"] in cluster and cluster.get(p["src"]) == cluster[p["dup"]])
     precision = tp_removed / len(removals) if removals else 1.0
     recall = found / len(truth) if truth else 1.0
+    independent = [independent_jaccard(text[r["id"]], text[r["representative"]]) for r in removals]
+    found_pairs = [p for p in truth if p["dup"] in cluster and cluster.get(p["src"]) == cluster[p["dup"]]]
+    original_kept = {}
+    for kind in sorted({p["kind"] for p in found_pairs}):
+        group = [p for p in found_pairs if p["kind"] == kind]
+        original_kept[kind] = round(sum(p["src"] not in rep_of for p in group) / len(group), 3)
     by_level = {}
     for level in LEVELS:
         group = [p for p in pairs if abs(p["jaccard"] - level) <= 0.025]
         if group:
-            by_level[f"{level:.2f}"] = round(sum(p["dup"] in rep_of for p in group) / len(group), 3)
+            by_level[f"{level:.2f}"] = round(sum(p["dup"] in cluster and cluster.get(p["src"]) == cluster[p["dup"]] for p in group) / len(group), 3)
     return {
         "precision": round(precision, 4),
         "recall": round(recall, 4),
         "f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
+        "precision_independent": round(sum(j >= threshold - 1e-9 for j in independent) / len(removals), 4) if removals else 1.0,
+        "original_kept_share": original_kept,
         "removed": len(removals),
         "true_pairs": len(truth),
-        "removed_share_by_jaccard": by_level,
+        "merged_share_by_jaccard": by_level,  # planted pairs at each level that ended in one cluster
     }
 
 
@@ -253,7 +275,8 @@ def run_datatrove(python: str, docs: list[dict], tmp: Path) -> dict:
 
 
 def run_datasketch(docs: list[dict], config: DedupConfig, n: int = 300) -> dict:
-    """datasketch's own way: MinHash.update per shingle, MinHashLSH insert + query, in-process."""
+    """datasketch's own fastest way: MinHash.update_batch per document (the same signatures),
+    MinHashLSH insert + query, in-process."""
     from datasketch import MinHash, MinHashLSH
 
     sample = docs[:n]
@@ -262,8 +285,7 @@ def run_datasketch(docs: list[dict], config: DedupConfig, n: int = 300) -> dict:
     sketches = []
     for d in sample:
         m = MinHash(num_perm=config.num_perm, seed=config.seed, hashfunc=shingle_hash32)
-        for s in shingles(d["text"], config.ngram):
-            m.update(s)
+        m.update_batch(shingles(d["text"], config.ngram))
         lsh.insert(d["id"], m)
         sketches.append(m)
     for d, m in zip(sample, sketches):
@@ -282,7 +304,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        print(json.dumps(run_group(spec["group"], spec["uris"], spec["work"], spec["out"], spec["config"]), default=str))
+        print(json.dumps(run_child(spec["uris"], spec["work"], spec["out"], spec["config"]), default=str))
         return
 
     summary: dict = {"config": BENCH_CONFIG, "per_scale": {}}
@@ -295,16 +317,18 @@ def main() -> None:
             print(f"scale {scale}: {len(docs)} docs in {len(uris)} shards, {len(pairs)} planted pairs (built in {time.time() - t0:.0f}s)", flush=True)
             report = run_pipeline(uris, tmp, BENCH_CONFIG, f"{scale}")
             q = quality(docs, pairs, report["removals"], BENCH_CONFIG["threshold"])
-            cpu = {g: round(report[g]["cpu_s"], 2) for g in ["signatures", "candidates", "clusters", "filter"]}
+            cpu = {g: round(r["cpu_s"], 2) for g, r in report["stages"].items()}
             total = sum(cpu.values())
             entry = {
                 "docs": len(docs),
                 **q,
                 "cpu_s": cpu,
                 "docs_per_cpu_s": round(len(docs) / total, 1),
-                "docs_per_cpu_s_by_stage": {g: round(len(docs) / max(c, 1e-9), 1) for g, c in cpu.items()},
-                "peak_rss_mb": {g: round(report[g]["peak_rss_mb"], 1) for g in cpu},
-                "clusters": {k: v for k, v in report["clusters"]["result"].items() if k != "skipped"},
+                "docs_per_cpu_s_by_stage": {g: round(len(docs) / c, 1) for g, c in cpu.items() if c >= 0.05},
+                "peak_rss_mb": {g: round(r["peak_rss_mb"], 1) for g, r in report["stages"].items()},
+                "clusters": report["audit"],
+                "pairs_verified": sum(v["pairs_verified"] for v in report["verify"]),
+                "component_rounds": len(report["components"]),
             }
             if scale == 1:
                 default = run_pipeline(uris, tmp, DEFAULT_CONFIG, "default")
@@ -322,11 +346,14 @@ def main() -> None:
     ds = first.get("datasketch", {})
     summary.update(
         precision=first["precision"],
+        precision_independent=first["precision_independent"],
         recall=first["recall"],
         f1=first["f1"],
+        original_kept_share=first["original_kept_share"],
         docs_per_cpu_s=first["docs_per_cpu_s"],
         ratio_vs_datatrove=round(first["docs_per_cpu_s"] / dt["docs_per_cpu_s"], 1) if dt.get("docs_per_cpu_s") else None,
         ratio_vs_datasketch=round(first["docs_per_cpu_s"] / ds["docs_per_cpu_s"], 1) if ds.get("docs_per_cpu_s") else None,
+        ratio_vs_datasketch_signatures_stage=round(first["docs_per_cpu_s_by_stage"]["signatures"] / ds["docs_per_cpu_s"], 1) if ds.get("docs_per_cpu_s") else None,
         peak_rss_mb={s: e["peak_rss_mb"] for s, e in summary["per_scale"].items()},
     )
     print(json.dumps(summary))

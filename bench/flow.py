@@ -2,16 +2,25 @@
 
 Builds N shards of realistic size (≥ 20 MB of text each by default) by replicating the
 shared web sample with perturbations, uploads them to an embedded S3 server, then refreshes
-them three times side by side in this command:
+them side by side in this command:
 
   plain-2   the pipeline's stage functions in a plain loop on a 2-process pool (started with
             `spawn` by default, as Prefect's process pool is: both pay for fresh interpreters;
-            `--baseline-start-method fork` lets the baseline inherit this process's imports)
+            `--baseline-start-method fork` lets the baseline inherit this process's imports),
+            then the dataset card, as the flow writes it
   prefect-2 the corpus_refresh flow with 2 worker processes
   prefect-1 the flow with 1 worker process (for the speed-up)
   dask-2    the flow on a local Dask cluster of 2 single-threaded workers (--compare-dask)
 
-overhead = (wall(prefect-2) − wall(plain-2)) / wall(prefect-2). Last line: one JSON object.
+Cost is CPU-seconds, as in the other benches (wall time on a shared 2-core machine measures the
+neighbours): the CPU time of this process and of every process it started, running or exited —
+the worker processes, the Prefect server this run talks to (ephemeral: a child process) and the
+S3 server — taken before and after each run. A process reaped by its parent is counted in the
+parent's `children_*` times, so nothing that ran is missed.
+
+overhead = (cpu(prefect-2) − cpu(plain-2)) / cpu(prefect-2), with `cpu_by_process` saying where
+the difference goes (this process = the flow engine; workers; Prefect server; S3 server).
+Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -45,6 +56,8 @@ def perturbed_shards(n_shards: int, shard_mb: float, seed: int = 0):
         with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1) as gz:
             while size < shard_mb * 1e6:
                 for d in docs:
+                    if size >= shard_mb * 1e6:
+                        break
                     words = d["text"].split(" ")
                     for _ in range(max(1, len(words) // 50)):
                         i, j = rng.randrange(len(words)), rng.randrange(len(words))
@@ -54,6 +67,49 @@ def perturbed_shards(n_shards: int, shard_mb: float, seed: int = 0):
                     size += len(text)
                 copy += 1
         yield f"shard-{shard:03d}.jsonl.gz", buf.getvalue(), size
+
+
+def _role(proc) -> str:
+    cmd = " ".join(proc.cmdline()[:6])
+    if "weed" in cmd or "minio" in cmd:
+        return "s3 server"
+    if "uvicorn" in cmd or "prefect.server" in cmd or "server start" in cmd:
+        return "prefect server"
+    return "workers (running)"
+
+
+def cpu_snapshot() -> Counter:
+    """CPU-seconds so far of this process and everything it started, by role."""
+    import psutil
+
+    me = psutil.Process()
+    t = me.cpu_times()
+    snap = Counter({"this process": t.user + t.system, "workers (exited)": t.children_user + t.children_system})
+    for child in me.children(recursive=True):
+        try:
+            c = child.cpu_times()
+            snap[_role(child)] += c.user + c.system + c.children_user + c.children_system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return snap
+
+
+class Measure:
+    """Wall and CPU seconds of a block, CPU split by role."""
+
+    def __enter__(self):
+        self.cpu0, self.wall0 = cpu_snapshot(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall0
+        after = cpu_snapshot()
+        by_role = {k: after.get(k, 0.0) - self.cpu0.get(k, 0.0) for k in set(after) | set(self.cpu0)}
+        # a worker alive at the start and reaped since moves from "running" to "exited": merge
+        workers = by_role.pop("workers (running)", 0.0) + by_role.pop("workers (exited)", 0.0)
+        self.by_role = {**{k: round(v, 2) for k, v in sorted(by_role.items())}, "workers": round(workers, 2)}
+        self.cpu = sum(by_role.values()) + workers
+        return False
 
 
 def main() -> None:
@@ -76,6 +132,11 @@ def main() -> None:
         run(args, server)
     finally:
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(name: str, m: Measure) -> None:
+    print(f"{name}: {m.cpu:.1f} CPU-s, {m.wall:.1f}s wall  {m.by_role}", file=sys.stderr)
 
 
 def run(args, server) -> None:
@@ -83,6 +144,8 @@ def run(args, server) -> None:
 
     from flows.corpus_refresh import CorpusRefreshParams, corpus_refresh
     from flows.ingest import list_sources
+    from pipeline.card import build_card, write_card
+    from pipeline.dataset import DatasetVersion
     from pipeline.dedup import DedupConfig
     from pipeline.process import ReadOptions
     from pipeline.refresh import DEFAULT_DEDUP, plan_refresh, run_refresh
@@ -108,32 +171,37 @@ def run(args, server) -> None:
 
     build_chain(load_filter_config(None))
 
-    timings = {}
+    measured: dict[str, Measure] = {}
     plan = plan_refresh(list_sources(sources, store), "s3://bench/datasets/plain-2", load_filter_config(None), DedupConfig(**DEFAULT_DEDUP), read=ReadOptions(), store=store)
-    start = time.perf_counter()
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(args.baseline_start_method)) as pool:
-        run_refresh(plan, executor=pool)
-    timings["plain-2"] = time.perf_counter() - start
-    print(f"plain-2: {timings['plain-2']:.1f}s", file=sys.stderr)
+    with Measure() as measured["plain-2"]:
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(args.baseline_start_method)) as pool:
+            manifest = run_refresh(plan, executor=pool)
+        # the same outputs as the flow: the dataset card beside the manifest
+        version_uri = DatasetVersion(plan.dataset_uri, manifest.version, store).uri
+        write_card(version_uri, build_card(version_uri, manifest.extra["refresh"]), store)
+    report("plain-2", measured["plain-2"])
 
     runs = [("prefect-2", "process", 2)] + ([] if args.skip_one_worker else [("prefect-1", "process", 1)]) + ([("dask-2", "dask", 2)] if args.compare_dask else [])
     for name, kind, workers in runs:
         params = CorpusRefreshParams(sources=sources, dataset=f"s3://bench/datasets/{name}", runner={"kind": kind, "workers": workers})
-        start = time.perf_counter()
-        corpus_refresh(params)
-        timings[name] = time.perf_counter() - start
-        print(f"{name}: {timings[name]:.1f}s", file=sys.stderr)
+        with Measure() as measured[name]:
+            corpus_refresh(params)
+        report(name, measured[name])
 
-    overhead = (timings["prefect-2"] - timings["plain-2"]) / timings["prefect-2"]
+    cpu = {k: m.cpu for k, m in measured.items()}
+    wall = {k: m.wall for k, m in measured.items()}
     result = {
         "shards": args.shards,
         "baseline_start_method": args.baseline_start_method,
         "text_mb": round(text_mb, 1),
-        "wall_s": {k: round(v, 2) for k, v in timings.items()},
-        "overhead": round(overhead, 4),
-        "speedup_2_workers": round(timings["prefect-1"] / timings["prefect-2"], 3) if "prefect-1" in timings else None,
-        "mb_per_s_prefect_2": round(text_mb / timings["prefect-2"], 2),
-        "dask_vs_process": round(timings["dask-2"] / timings["prefect-2"], 3) if "dask-2" in timings else None,
+        "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+        "cpu_by_process": {k: m.by_role for k, m in measured.items()},
+        "wall_s": {k: round(v, 2) for k, v in wall.items()},
+        "overhead": round((cpu["prefect-2"] - cpu["plain-2"]) / cpu["prefect-2"], 4),
+        "overhead_wall": round((wall["prefect-2"] - wall["plain-2"]) / wall["prefect-2"], 4),
+        "speedup_2_workers": round(wall["prefect-1"] / wall["prefect-2"], 3) if "prefect-1" in wall else None,
+        "cpu_s_per_text_mb_prefect_2": round(cpu["prefect-2"] / text_mb, 3),
+        "dask_vs_process_cpu": round(cpu["dask-2"] / cpu["prefect-2"], 3) if "dask-2" in cpu else None,
     }
     print(json.dumps(result))
 

@@ -4,7 +4,9 @@ extractor comparison behind docs/extraction.md.
     .venv/bin/python bench/readers.py [--wet-copies 3000] [--compare-extractors]
 
 Figures are CPU seconds of this process (resource.getrusage self + reaped children); the S3
-server is a separate service whose CPU is not counted. The last line is one JSON object.
+server is a separate service whose CPU is not counted. Inputs: WARC with HTML extraction, a
+WET file, the web sample as JSONL and as Parquet ("uncompressed" MB for Parquet: its text
+bytes). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -54,6 +56,23 @@ def replicated_wet(copies: int) -> bytes:
     return b"".join(out)
 
 
+def web_parquet(path: Path) -> int:
+    """The web sample as a Parquet file (id, text, url, metadata JSON); returns its text bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with gzip.open(WEB, "rt") as fh:
+        rows = [json.loads(line) for line in fh]
+    table = pa.table({
+        "id": [r["id"] for r in rows],
+        "text": [r["text"] for r in rows],
+        "url": [r.get("url") for r in rows],
+        "metadata": [json.dumps(r.get("metadata")) for r in rows],
+    })
+    pq.write_table(table, path, row_group_size=1000)
+    return sum(len(r["text"].encode()) for r in rows)
+
+
 def measure(uri: str, store: ObjectStore, uncompressed: int) -> dict:
     start_cpu, start_wall = cpu(), time.perf_counter()
     reader = open_reader(uri, store)
@@ -79,13 +98,17 @@ def throughput(wet_copies: int) -> dict:
             store.ensure_bucket("bench")
             wet = Path(tmp) / "replicated.warc.wet.gz"
             wet.write_bytes(replicated_wet(wet_copies))
+            parquet = Path(tmp) / "web_sample.parquet"
+            parquet_text = web_parquet(parquet)
             inputs = {"warc_extract": (WCXB, "s3://bench/wcxb-dev-500.warc.gz"),
                       "wet": (wet, "s3://bench/replicated.warc.wet.gz"),
-                      "jsonl": (WEB, "s3://bench/web_sample.jsonl.gz")}
+                      "jsonl": (WEB, "s3://bench/web_sample.jsonl.gz"),
+                      "parquet": (parquet, "s3://bench/web_sample.parquet")}
             out = {}
             for name, (local, uri) in inputs.items():
                 store.upload_file(local, uri)
-                out[name] = measure(uri, store, len(gzip.decompress(local.read_bytes())))
+                uncompressed = parquet_text if name == "parquet" else len(gzip.decompress(local.read_bytes()))
+                out[name] = measure(uri, store, uncompressed)
                 print(name, out[name], flush=True)
             return out
         finally:

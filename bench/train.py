@@ -10,7 +10,14 @@ checkpoint), leaving the steady-state cost of a training step.
 
     TOKENMILL_SHARED=/work/shared python bench/train.py [--docs 300 --seq-len 128 ...]
 
-The last line printed is one JSON object with `tokens_per_s` and `ratio_vs_ddp`.
+The last line printed is one JSON object with `tokens_per_s`, `ratio_vs_ddp`,
+`startup_cpu_s` (CPU-seconds of a launch besides its steps: torchrun, imports, process groups,
+engine, data, final checkpoint; all ranks together) and `tokenize` (the `train` flow's
+tokenization: shard by shard in one thread, against the flow's mapped tasks, `--tokenize-workers`
+shards at a time; tokens per CPU-second of this process and the wall-time speed-up).
+`--configs zero2` measures one configuration only (no DDP ratio then); `--baseline-repo DIR`
+adds `zero2@baseline`, the same launches of another checkout's trainer (e.g. `git archive HEAD`),
+interleaved with this one's, for before/after figures of the start-up cost.
 """
 
 from __future__ import annotations
@@ -39,9 +46,9 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_cpu_seconds(cmd: list[str], env: dict) -> tuple[float, str]:
+def run_cpu_seconds(cmd: list[str], env: dict, cwd: Path = REPO) -> tuple[float, str]:
     before = children_cpu()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"bench launch failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}")
     return children_cpu() - before, proc.stdout
@@ -98,18 +105,58 @@ def prepare_tokens(store, docs: int, seq_len: int, vocab: int) -> dict:
     from pipeline.schema import documents_from_pylist
     from pipeline.tokenize import tokenize_dataset
 
-    rows = []
-    with gzip.open(SHARED / "corpora/web/web_sample.jsonl.gz", "rt", encoding="utf-8") as fh:
-        for line in fh:
-            doc = json.loads(line)
-            rows.append({"id": doc["id"], "text": doc["text"], "source": "web_sample"})
-            if len(rows) == docs:
-                break
+    rows = read_web_docs(docs)
     store.ensure_bucket("bench")
     version = DatasetVersion("s3://bench/docs", "v1", store)
     write_sealed(version, documents_from_pylist(rows), max(1, len(rows) // 4))
     tok = train_tokenizer("s3://bench/docs", "v1", "s3://bench/tokenizer/", vocab, store=store)
     return tokenize_dataset("s3://bench/docs", "v1", tok, "s3://bench/tokens", seq_len, val_fraction=0.01, store=store, rows_per_group=256)
+
+
+def read_web_docs(limit: int) -> list[dict]:
+    rows = []
+    with gzip.open(SHARED / "corpora/web/web_sample.jsonl.gz", "rt", encoding="utf-8") as fh:
+        for line in fh:
+            doc = json.loads(line)
+            rows.append({"id": doc["id"], "text": doc["text"], "source": "web_sample"})
+            if len(rows) == limit:
+                break
+    return rows
+
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process (the S3 server is another process)
+    return r.ru_utime + r.ru_stime
+
+
+def tokenize_figures(store, tokenizer_uri: str, docs: int, shards: int, workers: int, seq_len: int) -> dict:
+    """Tokenize one dataset version twice into fresh token versions: shard after shard in one
+    thread (what `tokenize_dataset` and the flow used to do), then as the flow does now, each
+    shard its own task, `workers` at a time on a thread pool (the Rust encoder and the Parquet
+    I/O release the GIL). Same plan, same tokenizer (loaded once before both)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.dataset import DatasetVersion, write_sealed
+    from pipeline.schema import documents_from_pylist
+    from pipeline.tokenize import _tokenizer, plan_tokenization, tokenize_shard
+
+    rows = read_web_docs(docs)
+    write_sealed(DatasetVersion("s3://bench/tokdocs", "v1", store), documents_from_pylist(rows), -(-len(rows) // shards))
+    out = {}
+    for mode, threads in (("serial", 1), ("mapped", workers)):
+        plan = plan_tokenization("s3://bench/tokdocs", "v1", tokenizer_uri, f"s3://bench/tok-{mode}", seq_len, 0.01, store=store)
+        _tokenizer(plan["tokenizer"], plan["config"]["tokenizer_etag"], repr(store))
+        cpu0, wall0 = self_cpu(), time.perf_counter()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            counts = list(pool.map(lambda shard: tokenize_shard(plan, shard, store=store), plan["shards"]))
+        cpu, wall = self_cpu() - cpu0, time.perf_counter() - wall0
+        tokens = sum(c[split]["tokens"] for c in counts for split in c)
+        out[mode] = {"threads": threads, "tokens": tokens, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+                     "tokens_per_cpu_s": round(tokens / cpu), "tokens_per_wall_s": round(tokens / wall)}  # fmt: skip
+        print(f"tokenize {mode} ({threads} thread(s), {len(plan['shards'])} shards): {tokens} tokens, {cpu:.1f} CPU-s, {wall:.1f} s wall", flush=True)
+    out["wall_speedup"] = round(out["serial"]["wall_s"] / out["mapped"]["wall_s"], 2)
+    out["cpu_ratio"] = round(out["mapped"]["cpu_s"] / out["serial"]["cpu_s"], 2)
+    return out
 
 
 def write_config(tmp: Path, name: str, tokens: dict, *, steps: int, micro_batch: int, ds: str, preset: str = "tiny", precision: str = "fp32") -> Path:
@@ -140,6 +187,11 @@ def main() -> None:
     parser.add_argument("--short", type=int, default=4)
     parser.add_argument("--long", type=int, default=20)
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--configs", default="ddp,zero1,zero2,zero3", help="comma-separated subset of ddp,zero1,zero2,zero3")
+    parser.add_argument("--baseline-repo", type=Path, help="another checkout whose model.train runs as zero2@baseline")
+    parser.add_argument("--tokenize-docs", type=int, default=2000, help="documents for the tokenization figures (0: skip)")
+    parser.add_argument("--tokenize-shards", type=int, default=8)
+    parser.add_argument("--tokenize-workers", type=int, default=2)
     args = parser.parse_args()
     if args.ddp_worker:
         ddp_worker(args)
@@ -158,7 +210,13 @@ def main() -> None:
         print(f"token dataset: {tokens['splits']['train']['tokens']} train tokens in {time.time() - t0:.1f}s", flush=True)
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
         tokens_per_step = args.micro_batch * 2 * args.seq_len
-        configs = [("ddp", None), ("zero1", "ds_zero1.json"), ("zero2", "ds_zero2.json"), ("zero3", "ds_zero3.json")]
+        known = {"ddp": None, "zero1": "ds_zero1.json", "zero2": "ds_zero2.json", "zero3": "ds_zero3.json"}
+        configs = [(name, known[name]) for name in args.configs.split(",")]
+        if args.baseline_repo:
+            configs.append(("zero2@baseline", "ds_zero2.json"))
+        tokenize = None
+        if args.tokenize_docs:
+            tokenize = tokenize_figures(server.store(), tokens["tokenizer"], args.tokenize_docs, args.tokenize_shards, args.tokenize_workers, args.seq_len)
         cpu: dict[str, dict[int, float]] = {name: {} for name, _ in configs}
         # Interleaved (all short runs, then all long runs) so that a change in the shared
         # machine's load during the bench does not fall on one configuration only.
@@ -170,10 +228,16 @@ def main() -> None:
                 else:
                     cfg = write_config(tmp, f"{name}-{steps}", tokens, steps=steps, micro_batch=args.micro_batch, ds=ds)
                     cmd = [*torchrun, "-m", "model.train", "--config", str(cfg)]
-                cpu[name][steps], _ = run_cpu_seconds(cmd, env)
-        cpu_per_step, wall_tps = {}, {}
+                if name.endswith("@baseline"):
+                    base = args.baseline_repo.resolve()
+                    cpu[name][steps], _ = run_cpu_seconds(cmd, {**env, "PYTHONPATH": str(base)}, cwd=base)
+                else:
+                    cpu[name][steps], _ = run_cpu_seconds(cmd, env)
+        cpu_per_step, wall_tps, startup = {}, {}, {}
         for name, ds in configs:
             cpu_per_step[name] = (cpu[name][args.long] - cpu[name][args.short]) / (args.long - args.short)
+            # Launch cost before the steps: imports, process groups, engine, data, final checkpoint.
+            startup[name] = cpu[name][args.short] - args.short * cpu_per_step[name]
             if ds is not None:
                 wall_tps[name] = median_metric(tmp / f"{name}-{args.long}", "tokens_per_s")
             print(f"{name}: {cpu_per_step[name]:.3f} CPU-s/step = {tokens_per_step / cpu_per_step[name]:.0f} tokens per CPU-second "
@@ -183,7 +247,7 @@ def main() -> None:
         if gpu is None:
             print("GPU figures not measured: no GPU on this machine (the bench runs the 125m and 350m presets in bf16 when one is present).")
         per_cpu_s = {k: tokens_per_step / v for k, v in cpu_per_step.items()}
-        ratio = {k: per_cpu_s[k] / per_cpu_s["ddp"] for k in ("zero1", "zero2", "zero3")}
+        ratio = {k: per_cpu_s[k] / per_cpu_s["ddp"] for k in per_cpu_s if k != "ddp"} if "ddp" in per_cpu_s else {}
         for k, r in ratio.items():
             print(f"{k} vs DDP: {r:.2f}x ({'meets' if r >= TARGET_RATIO else 'BELOW'} the {TARGET_RATIO}x target)")
         result = {
@@ -192,6 +256,8 @@ def main() -> None:
             "tokens_per_s": {k: round(v, 1) for k, v in per_cpu_s.items()},
             "ratio_vs_ddp": {k: round(v, 3) for k, v in ratio.items()},
             "wall_tokens_per_s": {k: round(v, 1) for k, v in wall_tps.items() if v},
+            "startup_cpu_s": {k: round(v, 1) for k, v in startup.items()},
+            "tokenize": tokenize,
             "seq_len": args.seq_len,
             "micro_batch_per_rank": args.micro_batch,
             "steps_measured": args.long - args.short,

@@ -2,39 +2,47 @@
 
 Orchestration only. Every stage is a function of `pipeline.refresh` mapped over its
 partitions (sources, shards, band partitions); tasks pass URIs and the plan, never
-documents. Resume: the version id is a hash of the inputs' ETags and sizes, every config
-and the code version, and each stage records what it finished on object storage (unit
-commits in manifest logs, stage outputs under the work prefix), so a re-run after a crash
-skips finished partitions and converges on the same version.
+documents. Resume: the version id is a hash of the inputs' ETags and sizes, every config,
+the files the filters read, the removal requests and the code, and each stage records what
+it finished on object storage (unit commit records, stage outputs under the work prefix), so
+a re-run after a crash skips finished partitions and converges on the same version. One
+refresh of a dataset runs at a time (`pipeline.lease`); `tokenmill.dataset.ready` goes out
+once per sealed version.
 """
 
+import uuid
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NONE as NO_PREFECT_CACHE
 from prefect.events import emit_event
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline import refresh
-from pipeline.dataset import resolve_dataset_uri
-from pipeline.dedup import DedupConfig
-from pipeline.process import ReadOptions
+from pipeline import lease, refresh
+from pipeline.dataset import DatasetVersion, Manifest, resolve_dataset_uri
+from pipeline.dedup import DedupConfig, DedupJob, StageMap
+from pipeline.process import ReadOptions, select_sources
 from pipeline.steps.chain import load_filter_config
 from pipeline.storage import ObjectStore, basename
 
-from flows.ingest import list_sources
-from flows.reporting import Progress, publish_markdown, publish_table, publish_unit_table
+from flows.ingest import list_sources, quarantine_listing, quarantine_markdown
+from flows.reporting import Progress, publish_dataset_card, publish_markdown, publish_table, publish_unit_table
+from flows.retries import retry_if_transient
 from flows.runners import RunnerOptions, task_runner
 
 DATASET_READY_EVENT = "tokenmill.dataset.ready"
 
-# Storage hiccups and worker loss are retried with backoff; the stage functions are idempotent.
-STAGE_TASK = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5, cache_policy=NO_PREFECT_CACHE)
+# Storage hiccups and worker loss are retried with backoff (the stage functions are idempotent);
+# errors that would recur are not.
+STAGE_TASK = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient,
+                  cache_policy=NO_PREFECT_CACHE)
 
 
 class CorpusRefreshParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key ("fliters") is an error, not a silent default
+
     sources: list[str] = Field(..., min_length=1, description="input URIs or globs (WARC/WET/JSONL/Parquet)")
     dataset: str = Field(..., description="output dataset name (under $TOKENMILL_DATA_ROOT/datasets/) or URI")
     filters: str | dict[str, Any] | None = Field(None, description="filter config overrides: a YAML path or a mapping, merged over the defaults")
@@ -43,61 +51,81 @@ class CorpusRefreshParams(BaseModel):
     max_doc_bytes: int = Field(5_000_000, ge=1024)
     target_shard_mb: int = Field(128, ge=1)
     runner: RunnerOptions = RunnerOptions()
+    wait_for_lease_s: int = Field(0, ge=0, description="wait this long for another refresh of the dataset to finish; 0 = stop at once with who holds it")
+    keep_stage_versions: int = Field(1, ge=0, description="keep per-source filter outputs of this many newest versions (incremental refresh); 0 = none")
+
+    @field_validator("filters")
+    @classmethod
+    def _known_filter_options(cls, value: str | dict | None) -> str | dict | None:
+        check_filter_overrides(value)
+        return value
+
+    @field_validator("dedup")
+    @classmethod
+    def _known_dedup_settings(cls, value: dict) -> dict:
+        try:
+            DedupConfig(**{**refresh.DEFAULT_DEDUP, **value})
+        except TypeError as exc:  # an unknown keyword
+            raise ValueError(f"{exc}; known: {sorted(DedupConfig.__dataclass_fields__)}") from exc
+        return value
 
 
-@task(name="filter-source", **STAGE_TASK)
+def check_filter_overrides(overrides: str | dict | None) -> None:
+    """Raise ValueError naming what is wrong in filter overrides (a YAML path or a mapping):
+    a file that is missing or not YAML, an unknown step, an option no step has. Run before
+    the flow starts, so a typo is one line, not a failed run in every worker."""
+    import yaml
+
+    try:
+        config = load_filter_config(overrides)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(str(exc).splitlines()[0]) from exc
+    defaults = load_filter_config(None)
+    # Merging only adds keys, so any key the defaults lack came from the overrides.
+    unknown = [step for step in config if step not in defaults]
+    unknown += [f"{step}.{option}" for step, options in defaults.items() if isinstance(options, dict) for option in config.get(step) or {} if option not in options]
+    if unknown:
+        raise ValueError(f"unknown filter option(s) {', '.join(unknown)}; the known ones are in pipeline/steps/default_filters.yaml")
+
+
+def source_run_name(parameters: dict) -> str:
+    """`filter-CC-MAIN-0001.warc.gz`: the task run says which input it reads (not `filter-source-0ae`)."""
+    return f"filter-{basename(parameters['source'].uri)}"
+
+
+@task(name="filter-source", task_run_name=source_run_name, **STAGE_TASK)
 def filter_source(plan: refresh.RefreshPlan, source) -> dict:
     return refresh.filter_source(plan, source)
 
 
-@task(name="dedup-signatures", **STAGE_TASK)
-def signatures(plan: refresh.RefreshPlan, shard_uri: str) -> dict:
-    return refresh.signatures(plan, shard_uri)
+def _dedup_stage(job: DedupJob, stage: str, items: list) -> list[dict]:
+    return [getattr(job, stage)(item) for item in items]
 
 
-@task(name="dedup-plan", **STAGE_TASK)
-def plan_deduplication(plan: refresh.RefreshPlan) -> tuple[list[str], list[str]]:
-    return refresh.plan_deduplication(plan)
+# One task name per dedup stage (what the UI and the logs show); each runs a list of items.
+DEDUP_STAGES = ("plan", "signatures", "candidates", "gather", "verify", "components", "attach", "choose", "filter", "audit")
+DEDUP_TASKS = {stage: task(_dedup_stage, name=f"dedup-{stage}", **STAGE_TASK) for stage in DEDUP_STAGES}
+PER_SHARD = {"signatures", "gather", "filter"}  # seconds of work per item: two groups per worker balance the load
+# A task costs ~0.2 s of CPU in orchestration (worker-side engine, events, the server recording
+# its states): bench/flow.py. Band partitions are a fraction of that each, shards seconds.
+GROUPS_PER_WORKER = {"per_shard": 2, "partition": 1}
 
 
-@task(name="dedup-candidates", **STAGE_TASK)
-def candidates(plan: refresh.RefreshPlan, partitions: list[str]) -> list[dict]:
-    return [refresh.candidates(plan, p) for p in partitions]
-
-
-@task(name="dedup-clusters", **STAGE_TASK)
-def clusters(plan: refresh.RefreshPlan) -> dict:
-    return refresh.clusters(plan)
-
-
-@task(name="dedup-shard", **STAGE_TASK)
-def deduplicate_shard(plan: refresh.RefreshPlan, shard_uri: str) -> dict:
-    return refresh.deduplicate_shard(plan, shard_uri)
-
-
-@task(name="dedup-audit", **STAGE_TASK)
-def audit(plan: refresh.RefreshPlan) -> dict:
-    return refresh.audit(plan)
-
-
-def _gather(futures, progress: Progress | None = None) -> list:
-    """Results in submission order; progress advances in completion order."""
-    for _ in as_completed(futures):
+def _gather(futures, progress: Progress | None = None, weights: list[int] | None = None) -> list:
+    """Results in submission order; progress advances in completion order (by each
+    future's weight: the items it carries)."""
+    weight = {id(f): w for f, w in zip(futures, weights or [1] * len(futures))}
+    for done in as_completed(futures):
         if progress:
-            progress.advance()
+            progress.advance(weight.get(id(done), 1))
     return [f.result() for f in futures]
 
 
-def coarse_groups(items: list, workers: int) -> list[list]:
-    """About two groups per worker: each task costs ~0.2–0.5 s of orchestration and a band
-    partition only a fraction of that, so partitions travel in groups (shards, seconds of
-    work each, stay one task apiece)."""
-    n = max(1, min(len(items), 2 * workers))
+def coarse_groups(items: list, workers: int, per_worker: int = 2) -> list[list]:
+    """At most `per_worker` groups per worker, round-robin (items of one stage cost about the
+    same): orchestration is paid per task, so items travel in groups."""
+    n = max(1, min(len(items), per_worker * workers))
     return [items[i::n] for i in range(n)]
-
-
-def _flat(groups: list[list[dict]]) -> list[dict]:
-    return [item for group in groups for item in group]
 
 
 @flow(name="corpus-refresh-stages")
@@ -108,14 +136,30 @@ def refresh_stages(plan: refresh.RefreshPlan, workers: int) -> dict:
     filter_results = _gather(filter_source.map(plan, list(plan.sources)), progress)
     for r in filter_results:
         logger.info("%s: %d read, %d kept%s", basename(r["source"]), r["reader"].get("documents", 0), r["documents_out"], " (resumed)" if r["skipped"] else "")
-    shards, partitions = plan_deduplication(plan)
-    dedup: dict = {"signatures": _gather(signatures.map(plan, shards))}
-    dedup["candidates"] = _flat(_gather(candidates.map(plan, coarse_groups(partitions, workers))))
-    dedup["clusters"] = clusters(plan)
-    progress.advance()
-    dedup["filter"] = _gather(deduplicate_shard.map(plan, shards), progress)
-    dedup["audit"] = audit(plan)
+    dedup = refresh.deduplicate(plan, dedup_map(refresh.dedup_job(plan), workers, progress))
     return {"filter_results": filter_results, "dedup": dedup}
+
+
+def dedup_map(job: DedupJob, workers: int, progress: Progress) -> StageMap:
+    """Runs one dedup stage's items as Prefect tasks: shards in two groups per worker,
+    partitions (a fraction of a task's orchestration cost each) in one group per worker.
+    Results come back in item order; progress advances once for the partition stages and per
+    shard written."""
+
+    def run(stage: str, items: list) -> list:
+        per_worker = GROUPS_PER_WORKER["per_shard" if stage in PER_SHARD else "partition"]
+        groups = coarse_groups(list(range(len(items))), workers, per_worker)
+        futures = DEDUP_TASKS[stage].map(unmapped(job), unmapped(stage), [[items[i] for i in g] for g in groups])
+        results: list = [None] * len(items)
+        counted = stage == "filter"
+        for group, out in zip(groups, _gather(futures, progress if counted else None, [len(g) for g in groups] if counted else None)):
+            for i, result in zip(group, out):
+                results[i] = result
+        if stage == "choose":
+            progress.advance()
+        return results
+
+    return run
 
 
 @flow(name="corpus-refresh", log_prints=True)
@@ -126,38 +170,73 @@ def corpus_refresh(params: CorpusRefreshParams) -> dict:
     store = ObjectStore()
     uri = resolve_dataset_uri(params.dataset)
     store.check(uri)
-    sources = list_sources(params.sources, store)
+    sources, skipped = select_sources(list_sources(params.sources, store), params.format)
+    for s in skipped:
+        logger.warning("skipped %s (%s): %s", s["source"], s["reason"], s["detail"])
     filter_config = load_filter_config(params.filters)
-    plan = refresh.plan_refresh(
-        sources, uri, filter_config, DedupConfig(**{**refresh.DEFAULT_DEDUP, **params.dedup}),
-        read=ReadOptions(fmt=params.format, max_doc_bytes=params.max_doc_bytes), target_bytes=params.target_shard_mb << 20, store=store,
-    )  # fmt: skip
-    logger.info("refresh of %d sources into %s", len(sources), plan.final.uri)
-    if plan.final.manifest().sealed:
-        logger.info("version %s is already sealed: nothing to do", plan.version)
-        manifest = plan.final.manifest()
-    else:
-        stages = refresh_stages.with_options(task_runner=task_runner(params.runner))(plan, params.runner.workers)
-        manifest = refresh.seal(plan, stages["filter_results"], stages["dedup"])
-        publish_unit_table("refresh-units", stages["filter_results"], f"kept/dropped per source for {plan.final.uri}")
-    report = manifest.extra["refresh"]
+    with lease.holding(uri, _run_label(), wait_s=params.wait_for_lease_s, store=store) as held:
+        plan = refresh.plan_refresh(
+            sources, uri, filter_config, DedupConfig(**{**refresh.DEFAULT_DEDUP, **params.dedup}),
+            read=ReadOptions(fmt=params.format, max_doc_bytes=params.max_doc_bytes), target_bytes=params.target_shard_mb << 20, store=store,
+        )  # fmt: skip
+        logger.info("refresh of %d sources into %s", len(sources), plan.final.uri)
+        if plan.final.is_sealed():
+            logger.info("version %s is already sealed: finishing its seal if it was interrupted", plan.version)
+
+        def run_stages(plan: refresh.RefreshPlan) -> tuple[list[dict], dict]:
+            stages = refresh_stages.with_options(task_runner=task_runner(params.runner))(plan, params.runner.workers)
+            return stages["filter_results"], stages["dedup"]
+
+        plan, manifest, filter_results = refresh.settle(plan, run_stages, before_seal=held.check)
+        if filter_results:
+            publish_unit_table("refresh-units", filter_results, f"kept/dropped per source for {plan.final.uri}")
+        manifest = refresh.finish(plan, manifest, keep_stage_versions=params.keep_stage_versions, store=store)
+        announce(uri, manifest, store)
+    version = DatasetVersion(uri, manifest.version, store)
+    report = {**manifest.extra["refresh"], "skipped_sources": skipped}  # this run's listing: not inputs, not read
     publish_table("refresh-totals", [_totals_row(report)], "kept/dropped for the whole refresh")
-    publish_markdown("refresh-report", render_report(plan.final.uri, report), f"refresh {plan.version}")
+    records, total = quarantine_listing(version, manifest)  # the inputs' bad records, listed in the report
+    if records:
+        publish_table("refresh-quarantine", records, f"the first {len(records)} of {total} quarantine records of {version.uri}")
+    publish_markdown("refresh-report", render_report(version.uri, report) + quarantine_markdown(records, total), f"refresh {manifest.version}")
+    card = publish_dataset_card(version.uri, report, store)
+    return {"dataset": uri, "version": manifest.version, "uri": version.uri, "rows": manifest.rows, "shards": [s["uri"] for s in manifest.shards], "report": report,
+            "card": card}
+
+
+def _run_label() -> str:
+    """Who holds the lease, as an operator reads it: the flow run's name and id."""
+    from prefect.runtime import flow_run
+
+    return f"flow run {flow_run.name} ({flow_run.id})" if flow_run.id else lease.default_holder()
+
+
+def announce(uri: str, manifest: Manifest, store: ObjectStore) -> bool:
+    """Emit `tokenmill.dataset.ready` once per sealed version: not again on unchanged re-runs.
+    The event id is derived from the version, so a crash between emitting and recording it
+    re-sends the same event, which Prefect deduplicates by id."""
+    version = DatasetVersion(uri, manifest.version, store)
+    if not version.needs_announcing():
+        return False
+    event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"tokenmill:{uri}@{manifest.version}")
     emit_event(
         DATASET_READY_EVENT,
-        resource={"prefect.resource.id": f"tokenmill.dataset.{basename(uri)}", "tokenmill.dataset.uri": uri, "tokenmill.dataset.version": plan.version},
+        resource={"prefect.resource.id": f"tokenmill.dataset.{basename(uri)}", "tokenmill.dataset.uri": uri, "tokenmill.dataset.version": manifest.version},
         payload={"documents": manifest.rows, "shards": len(manifest.shards), "bytes": manifest.bytes},
+        id=event_id,
     )
-    return {"dataset": uri, "version": plan.version, "uri": plan.final.uri, "rows": manifest.rows, "shards": [s["uri"] for s in manifest.shards], "report": report}
+    version.mark_announced(str(event_id))
+    return True
 
 
 def _totals_row(report: dict) -> dict:
+    """One row: counts, then one column per drop rule (as in the per-source table)."""
     return {
         "read": report["documents_read"],
         "after_filters": report["after_filters"],
         "after_dedup": report["documents"],
         "quarantined": sum(report["quarantined"].values()),
-        "dropped": ", ".join(f"{k}={v}" for k, v in report["dropped"].items()) or "-",
+        **dict(sorted(report["dropped"].items())),
     }
 
 
@@ -177,6 +256,7 @@ def render_report(uri: str, r: dict) -> str:
 | text | {r['text_bytes'] / 1e6:.1f} MB, ≈ {r['estimated_tokens']:,} tokens (estimated at 4 chars/token) |
 | languages | {mix} |
 | quarantined | {quarantine} |
+| skipped (not inputs) | {', '.join(f"`{s['source']}` ({s['reason']})" for s in r.get('skipped_sources', [])) or 'none'} |
 | removal requests applied | {', '.join(r['removal_requests']) or 'none'} |
 
 ## Dropped by rule

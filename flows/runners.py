@@ -5,12 +5,14 @@ import os
 from typing import Literal
 
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.settings import ENV_DASK_ADDRESS
 
 
 class RunnerOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     kind: Literal["process", "dask", "threads"] = Field(
         "process",
         description="process: a local pool of worker processes (default: measured fastest here, bench/flow.py); "
@@ -20,7 +22,32 @@ class RunnerOptions(BaseModel):
     dask_address: str | None = Field(None, description=f"tcp://host:8786 of a Dask scheduler (default ${ENV_DASK_ADDRESS})")
 
 
+def share_api_url() -> str | None:
+    """Make worker processes report to this process's Prefect server.
+
+    Without PREFECT_API_URL a flow runs against an ephemeral server this process started, and
+    Prefect hands workers only the settings that were set: every spawned worker then started
+    its own temporary server (seconds of CPU each, and the task runs it recorded were lost
+    with it). Exporting the ephemeral server's address before the pool starts makes workers,
+    local Dask workers and their children use the one server. Returns the URL in use."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+
+    url = PREFECT_API_URL.value()
+    if url:
+        return url
+    if not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance this process's client uses (started once)
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    return server.api_url
+
+
 def task_runner(options: RunnerOptions):
+    if options.kind != "threads":
+        share_api_url()
     if options.kind == "dask":
         from prefect_dask import DaskTaskRunner
 

@@ -1,7 +1,8 @@
 """Serve tokenmill's deployments from one process (what `tokenmill up` runs).
 
 - `ingest/ad-hoc`: run on demand from the UI or `prefect deployment run`.
-- `corpus-refresh/scheduled`: the cron refresh of everything under `$TOKENMILL_DATA_ROOT/raw/`.
+- `corpus-refresh/scheduled`: the cron refresh of everything under `$TOKENMILL_DATA_ROOT/raw/`
+  (one at a time: a run due while the last one still runs is cancelled).
 - `corpus-refresh/ad-hoc`: on demand, with any parameters.
 - `train/on-dataset-ready`: started by the `tokenmill.dataset.ready` event of the refreshed dataset.
 
@@ -11,6 +12,7 @@ Environment: TOKENMILL_REFRESH_CRON (default "0 3 * * *"), TOKENMILL_REFRESH_DAT
 import os
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from flows.corpus_refresh import corpus_refresh
 from flows.ingest import ingest
@@ -26,7 +28,9 @@ def deployments() -> list:
     return [
         ingest.to_deployment(name="ad-hoc", tags=["tokenmill"]),
         corpus_refresh.to_deployment(
-            name="scheduled", cron=os.environ.get(ENV_REFRESH_CRON, "0 3 * * *"), parameters=refresh_defaults, tags=["tokenmill"]
+            name="scheduled", cron=os.environ.get(ENV_REFRESH_CRON, "0 3 * * *"), parameters=refresh_defaults, tags=["tokenmill"],
+            # a refresh still running when the next one is due: the new run is cancelled, not failed on the dataset's lease
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
         ),
         corpus_refresh.to_deployment(name="ad-hoc", tags=["tokenmill"]),
         train.to_deployment(name="on-dataset-ready", triggers=[dataset_ready_trigger(resolve_dataset_uri(dataset))], tags=["tokenmill"]),

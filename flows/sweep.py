@@ -14,7 +14,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flows.train import TrainParameters, artifact_key, train
+from flows.train import TrainParameters, train
+from flows.train_report import artifact_key
 from pipeline.storage import join
 
 SWEPT = ("lr", "micro_batch_size", "warmup_steps")

@@ -1,11 +1,22 @@
-"""The `train` flow: tokenize a dataset version (once), submit a DeepSpeed job to a backend
-(local, Slurm, Kubernetes), watch it, restart it from its latest checkpoint when it fails,
-stalls or diverges, then export the model and report.
+"""The `train` flow: tokenize a dataset version (once, one mapped task per shard), submit a
+DeepSpeed job to a backend (local, Slurm, Kubernetes), watch it, restart it when it fails,
+stalls, diverges or hits a time limit, then export the model and report.
 
 One run name is one run directory (`<runs_dir>/<run_name>`): re-running a flow with the same
-name resumes from that run's checkpoint instead of starting over. The run directory must be
-reachable from the flow and from every rank (shared filesystem on Slurm, a shared volume on
-Kubernetes): metrics, heartbeats, checkpoints and the completion record are read from there.
+name adopts the run's job if it still runs (a flow process that was killed leaves it
+running), reports the finished run if it already finished, and otherwise resumes from the
+run's checkpoint. The run directory must be reachable from the flow and from every rank
+(shared filesystem on Slurm, a shared volume on Kubernetes): metrics, heartbeats,
+checkpoints and the trainer's records are read from there.
+
+Restart policy, by the watcher's verdict (flows/watch.py):
+- `interrupted` (time limit, preemption): resubmit; free while the checkpoint advances.
+- `diverged`: point `latest` back to the newest complete checkpoint before the trouble began
+  (one further back each time the same place diverges again), skip the data window between
+  that checkpoint and the detection, and lower the learning rate: a bit-exact resume of a
+  real divergence would only diverge again.
+- `config_error`, `queue_timeout`, or the same failure twice at the same step: no retry.
+- `stalled`, `failed`: resume from the latest checkpoint, at most `max_restarts` times.
 """
 
 import json
@@ -19,18 +30,23 @@ from typing import Any, Literal
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
 from prefect.events import DeploymentEventTrigger
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows.watch import AttemptWatcher, MetricsLog, Verdict
+from flows.train_report import artifact_key, publish, summarize
+from flows.watch import COMPLETION_FILE, FAILURES_DIR, HEARTBEAT_DIR, STOPPED_FILE, AttemptWatcher, MetricsLog, Verdict
 from infra.backends import JobBackend, JobHandle, JobSpec, make_backend
+from pipeline import names
 from pipeline.dataset import latest_version
+from pipeline.lineage import record_training_run
 from pipeline.settings import StorageSettings, data_root, tokenmill_home
 from pipeline.storage import ObjectStore, basename, join
 
-JOB_FILE = "job.json"  # the running attempt's handle, for the cancellation hook
+JOB_FILE = "job.json"  # the running attempt: its handle, attempt number and submission time
 DATASET_READY_EVENT = "tokenmill.dataset.ready"
 
 
@@ -42,15 +58,13 @@ class Resources(BaseModel):
     cpus_per_node: int | None = Field(None, ge=1)
     gpus_per_node: int = Field(0, ge=0)
     memory_gb: float | None = Field(None, gt=0)
-    time_limit_s: int | None = Field(None, gt=0)
+    time_limit_s: int | None = Field(None, gt=0, description="per job; the run continues in a new job after it")
 
 
 class TrainParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_name: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", description="default: <dataset name>-<version>"
-    )
+    run_name: str | None = Field(None, description="default: <dataset name>-<version>; one name is one run")
     dataset_uri: str = Field(description="a corpus dataset (s3:// URI or local path)")
     dataset_version: str = Field("latest", description="a sealed version id, or 'latest'")
     tokenizer_uri: str | None = Field(None, description="an existing tokenizer.json; None trains one from the dataset")
@@ -59,13 +73,17 @@ class TrainParameters(BaseModel):
     seq_len: int = Field(256, ge=8)
     val_fraction: float = Field(0.02, ge=0.0, lt=1.0)
     tokens_uri: str | None = Field(None, description="where token shards go; default <dataset_uri>/tokens")
+    rows_per_group: int | None = Field(None, ge=1, description="sequences per token row group; default ~4 MB")
+    tokenize_workers: int = Field(2, ge=1, le=64, description="input shards tokenized at once (threads)")
 
     model_preset: str = "tiny"
     ds_config: str | None = Field(None, description="DeepSpeed config JSON path; None = the trainer's ZeRO-2 default")
     steps: int = Field(100, ge=1)
     micro_batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
     lr: float = Field(3e-4, gt=0)
     warmup_steps: int = Field(10, ge=0)
+    seed: int = Field(1234, description="weights init and data order")
     checkpoint_every: int = Field(50, ge=1)
     eval_every: int = Field(50, ge=1)
     checkpoint_uri: str | None = Field(None, description="checkpoint root; default <run_dir>/checkpoints")
@@ -79,9 +97,13 @@ class TrainParameters(BaseModel):
     backend: Literal["local", "slurm", "kubernetes"] = "local"
     backend_options: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
-    max_restarts: int = Field(3, ge=0)
-    stall_timeout_s: float = Field(300.0, gt=0, description="a running job with no heartbeat for this long is stalled")
-    startup_timeout_s: float = Field(900.0, gt=0, description="time for every rank's first heartbeat")
+    max_restarts: int = Field(3, ge=0, description="failed, stalled or diverged attempts to retry")
+    divergence_lr_factor: float = Field(0.5, gt=0, le=1, description="learning rate multiplier after each divergence")
+    divergence_skip_data: bool = Field(True, description="skip the data between the rollback checkpoint and the divergence")
+    queue_timeout_s: float = Field(6 * 3600.0, gt=0, description="a job that has not started (queued, unschedulable) for this long fails")
+    startup_timeout_s: float = Field(900.0, gt=0, description="from the job running until every rank beats and finishes start-up")
+    stall_timeout_s: float = Field(300.0, gt=0, description="a rank silent, or no rank progressing, for this long is a stall")
+    phase_timeout_s: float = Field(3600.0, gt=0, description="the longest one checkpoint save or load, or one evaluation, may take")
     poll_s: float = Field(2.0, gt=0)
 
     runs_dir: str | None = Field(None, description="local/shared folder for run directories; default $TOKENMILL_HOME/runs")
@@ -90,6 +112,25 @@ class TrainParameters(BaseModel):
     gpu_power_w: float = Field(700.0, ge=0, description="average draw per GPU, for the energy estimate")
     cpu_core_power_w: float = Field(10.0, ge=0, description="average draw per CPU core, when no GPU is used")
     carbon_intensity_g_per_kwh: float = Field(400.0, ge=0)
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_one_segment(cls, value: str | None) -> str | None:
+        if value is not None:
+            names.segment(value, "run_name")
+            if len(value) > 63:
+                raise ValueError(f"run_name: {value!r} is longer than 63 characters")
+        return value
+
+    @field_validator("dataset_version")
+    @classmethod
+    def _version_id(cls, value: str) -> str:
+        return names.version_id(value, "dataset_version")
+
+    @field_validator("dataset_uri", "tokenizer_uri", "tokens_uri", "checkpoint_uri", "output_uri", "runs_dir")
+    @classmethod
+    def _location(cls, value: str | None, info) -> str | None:
+        return None if value is None else names.storage_uri(value, info.field_name)
 
     @field_validator("model_preset")
     @classmethod
@@ -107,19 +148,31 @@ class TrainParameters(BaseModel):
             if self.dataset_version == "latest":
                 raise ValueError("give run_name when training on the 'latest' version (a run name must not change meaning)")
             dataset = re.sub(r"[^A-Za-z0-9._-]+", "-", basename(self.dataset_uri)).strip("-.") or "dataset"
-            self.run_name = f"{dataset}-{self.dataset_version}"[:63]
+            self.run_name = f"{dataset}-{self.dataset_version}"[:63].rstrip("-.")
         return self
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.runs_dir or tokenmill_home() / "runs").resolve() / self.run_name
+        runs = Path(self.runs_dir or tokenmill_home() / "runs").resolve()
+        run_dir = (runs / self.run_name).resolve()
+        if run_dir.parent != runs:  # the validators make this impossible; a path is checked where it is made
+            raise names.InvalidName(f"run_name: {self.run_name!r} leads outside {runs}")
+        return run_dir
 
     @property
     def outputs_uri(self) -> str:
         return self.output_uri or join(data_root(), "runs", self.run_name)
 
+    @property
+    def checkpoints_uri(self) -> str:
+        return self.checkpoint_uri or str(self.run_dir / "checkpoints")
 
-# -- tasks ---------------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.resources.nodes * self.resources.procs_per_node
+
+
+# -- tokens --------------------------------------------------------------------------------
 
 
 @task(cache_policy=NO_CACHE)
@@ -141,14 +194,41 @@ def prepare_tokenizer(params: TrainParameters, version: str) -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def tokenize(params: TrainParameters, version: str, tokenizer_uri: str) -> dict:
-    """Token shards for the version (idempotent: a finished token version is found and reused)."""
-    from pipeline.tokenize import tokenize_dataset
+def plan_tokens(params: TrainParameters, version: str, tokenizer_uri: str) -> dict:
+    from pipeline.tokenize import plan_tokenization
 
     out_uri = params.tokens_uri or join(params.dataset_uri, "tokens")
-    tokens = tokenize_dataset(params.dataset_uri, version, tokenizer_uri, out_uri, params.seq_len, params.val_fraction)
+    return plan_tokenization(params.dataset_uri, version, tokenizer_uri, out_uri, params.seq_len, params.val_fraction, rows_per_group=params.rows_per_group)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="tokenize-{shard[unit]}")
+def tokenize_shard(plan: dict, shard: dict) -> dict:
+    """One input shard → its train and val token units (idempotent: committed units are kept)."""
+    from pipeline.tokenize import tokenize_shard as tokenize_one
+
+    return tokenize_one(plan, shard)
+
+
+@task(cache_policy=NO_CACHE)
+def seal_tokens(plan: dict, counts: list[dict]) -> dict:
+    from pipeline.tokenize import seal_tokens as seal
+
+    tokens = seal(plan, counts)
     get_run_logger().info("token dataset %s: %s", tokens["uri"], {s: c["tokens"] for s, c in tokens["splits"].items()})
     return tokens
+
+
+def tokenize(params: TrainParameters, version: str, tokenizer_uri: str) -> dict:
+    """Token shards for the version: one task per input shard, `tokenize_workers` at a time
+    (the tokenizer's Rust core releases the GIL), then one seal."""
+    plan = plan_tokens(params, version, tokenizer_uri)
+    with ThreadPoolTaskRunner(max_workers=params.tokenize_workers) as runner:
+        futures = [runner.submit(tokenize_shard, {"plan": plan, "shard": shard}) for shard in plan["shards"]]
+        counts = [f.result() for f in futures]
+    return seal_tokens(plan, counts)
+
+
+# -- jobs ----------------------------------------------------------------------------------
 
 
 def trainer_config(params: TrainParameters, tokens: dict) -> dict:
@@ -160,8 +240,10 @@ def trainer_config(params: TrainParameters, tokens: dict) -> dict:
         "train": {
             "steps": params.steps,
             "micro_batch_size": params.micro_batch_size,
+            "grad_accum": params.grad_accum,
             "lr": params.lr,
             "warmup_steps": params.warmup_steps,
+            "seed": params.seed,
         },
         "checkpoint": {"uri": params.checkpoint_uri, "every": params.checkpoint_every},
         "eval": {"every": params.eval_every},
@@ -177,11 +259,12 @@ def trainer_config(params: TrainParameters, tokens: dict) -> dict:
     return config
 
 
-def job_spec(params: TrainParameters, config_path: Path, attempt: int) -> JobSpec:
-    command = ["-m", "model.train", "--config", str(config_path), "--resume"]  # --resume without a checkpoint starts at step 0
-    if attempt == 0:
-        for key, value in params.first_attempt_overrides.items():
-            command += ["--set", f"{key}={json.dumps(value)}"]
+def job_spec(params: TrainParameters, config_path: Path, attempt: int, overrides: dict[str, Any]) -> JobSpec:
+    """`overrides`: trainer keys for this attempt (the first attempt's fault injection, a
+    rollback's data skip and learning-rate scale). --resume without a checkpoint starts at 0."""
+    command = ["-m", "model.train", "--config", str(config_path), "--resume"]
+    for key, value in overrides.items():
+        command += ["--set", f"{key}={json.dumps(value)}"]
     env = {**StorageSettings.from_env().as_env(), "PYTHONUNBUFFERED": "1"}
     if not params.resources.gpus_per_node:
         env["DS_ACCELERATOR"] = "cpu"
@@ -200,24 +283,62 @@ def job_spec(params: TrainParameters, config_path: Path, attempt: int) -> JobSpe
     )
 
 
-def backend_for(params: TrainParameters) -> JobBackend:
-    return make_backend(params.backend, **params.backend_options)
+def backend_for(params: TrainParameters, name: str | None = None) -> JobBackend:
+    return make_backend(name or params.backend, **params.backend_options)
+
+
+def clear_attempt_signals(run_dir: Path) -> None:
+    """Before a new attempt: no record or heartbeat of an earlier one may be taken for its own."""
+    for name in (COMPLETION_FILE, STOPPED_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in (HEARTBEAT_DIR, FAILURES_DIR):
+        for path in (run_dir / folder).glob("rank*"):
+            path.unlink(missing_ok=True)
 
 
 @task(cache_policy=NO_CACHE)
-def submit(params: TrainParameters, config_path: Path, attempt: int) -> JobHandle:
+def submit(params: TrainParameters, config_path: Path, attempt: int, overrides: dict[str, Any]) -> dict:
     run_dir = params.run_dir
-    (run_dir / "COMPLETED.json").unlink(missing_ok=True)
-    handle = backend_for(params).submit(job_spec(params, config_path, attempt))
-    (run_dir / JOB_FILE).write_text(json.dumps(handle.to_dict()))
-    get_run_logger().info("attempt %d: submitted %s job %s", attempt, handle.backend, handle.job_id)
-    return handle
+    clear_attempt_signals(run_dir)
+    submitted_at = time.time()
+    handle = backend_for(params).submit(job_spec(params, config_path, attempt, overrides))
+    job = {"handle": handle.to_dict(), "attempt": attempt, "submitted_at": submitted_at, "flow_run_id": _flow_run_id()}
+    (run_dir / JOB_FILE).write_text(json.dumps(job))
+    get_run_logger().info("attempt %d: submitted %s job %s%s", attempt, handle.backend, handle.job_id, f" with {overrides}" if overrides else "")
+    return job
+
+
+def _flow_run_id() -> str | None:
+    try:
+        return str(get_run_context().flow_run.id)
+    except Exception:  # outside a flow run (a test driving the task function)
+        return None
+
+
+def recorded_job(params: TrainParameters) -> dict | None:
+    job_file = params.run_dir / JOB_FILE
+    try:
+        job = json.loads(job_file.read_text())
+        JobHandle.from_dict(job["handle"])
+        return job
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def running_job(params: TrainParameters) -> dict | None:
+    """The recorded job of this run if it is still queued or running (its flow process died)."""
+    job = recorded_job(params)
+    if job is None:
+        return None
+    handle = JobHandle.from_dict(job["handle"])
+    return None if backend_for(params, handle.backend).status(handle).finished else job
 
 
 @task(cache_policy=NO_CACHE)
-def watch(params: TrainParameters, handle: JobHandle, metrics: MetricsLog, progress_id) -> tuple[Verdict, MetricsLog]:
+def watch(params: TrainParameters, job: dict, metrics: MetricsLog, progress_id) -> tuple[Verdict, MetricsLog]:
     """Follow one attempt to its verdict: log lines into the run log, metrics into progress."""
     logger = get_run_logger()
+    handle = JobHandle.from_dict(job["handle"])
     last_update = [0.0]
 
     def on_log_lines(lines: list[str]) -> None:
@@ -235,29 +356,39 @@ def watch(params: TrainParameters, handle: JobHandle, metrics: MetricsLog, progr
             description=f"step {metrics.last_step}/{params.steps}, loss {latest.get('loss')}",
         )
 
+    def on_pending(reason: str) -> None:
+        logger.info("job %s waits to start: %s", handle.job_id, reason)
+        update_progress_artifact(progress_id, 100.0 * min(metrics.last_step, params.steps) / params.steps, description=f"waiting to start: {reason}")
+
     watcher = AttemptWatcher(
-        backend_for(params),
+        backend_for(params, handle.backend),
         handle,
-        world_size=params.resources.nodes * params.resources.procs_per_node,
+        world_size=params.world_size,
         metrics=metrics,
         stall_timeout_s=params.stall_timeout_s,
         startup_timeout_s=params.startup_timeout_s,
+        queue_timeout_s=params.queue_timeout_s,
+        phase_timeout_s=params.phase_timeout_s,
         on_log_lines=on_log_lines,
         on_metrics=on_metrics,
+        on_pending=on_pending,
+        since=job["submitted_at"],
     )
     verdict = watcher.run(params.poll_s)
     logger.log(20 if verdict.ok else 40, "job %s: %s (%s)", handle.job_id, verdict.outcome, verdict.reason)
     return verdict, metrics
 
 
-def cancel_job(params: TrainParameters) -> None:
-    """Cancel the attempt recorded in the run directory, if any (idempotent)."""
-    job_file = params.run_dir / JOB_FILE
-    if not job_file.exists():
-        return
-    handle = JobHandle.from_dict(json.loads(job_file.read_text()))
-    make_backend(handle.backend, **params.backend_options).cancel(handle)
-    job_file.unlink(missing_ok=True)
+def cancel_job(params: TrainParameters) -> str | None:
+    """Cancel the attempt recorded in the run directory, if any (idempotent). Returns the
+    backend's note when the job is not gone yet (the scheduler finishes it)."""
+    job = recorded_job(params)
+    if job is None:
+        return None
+    handle = JobHandle.from_dict(job["handle"])
+    note = backend_for(params, handle.backend).cancel(handle)
+    (params.run_dir / JOB_FILE).unlink(missing_ok=True)
+    return note
 
 
 def cancel_job_hook(flow, flow_run, state) -> None:
@@ -269,8 +400,14 @@ def cancel_job_hook(flow, flow_run, state) -> None:
 
 @task(cache_policy=NO_CACHE)
 def export_model(params: TrainParameters, checkpoint: str) -> str:
-    """Hugging Face Llama export of the final checkpoint, next to the run's other outputs."""
+    """Hugging Face Llama export of the final checkpoint, next to the run's other outputs
+    (kept when an earlier run of the flow already exported this very checkpoint)."""
     out = params.run_dir / "hf"
+    try:
+        if json.loads((out / "tokenmill.json").read_text()).get("source_checkpoint") == checkpoint:
+            return str(out)
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
     result = subprocess.run(
         [sys.executable, "-m", "model.export", "--checkpoint", checkpoint, "--out", str(out)],
         capture_output=True,
@@ -282,166 +419,58 @@ def export_model(params: TrainParameters, checkpoint: str) -> str:
     return str(out)
 
 
-# -- report --------------------------------------------------------------------------------
+# -- restart policy ------------------------------------------------------------------------
 
 
-def mean(values: list[float]) -> float | None:
-    values = [v for v in values if isinstance(v, (int, float))]
-    return sum(values) / len(values) if values else None
+def checkpoint_meta(store: ObjectStore, checkpoint: str | None) -> dict | None:
+    if not checkpoint:
+        return None
+    uri = join(checkpoint, "tokenmill.json")
+    return json.loads(store.get_bytes(uri)) if store.exists(uri) else None
 
 
-def summarize(params: TrainParameters, metrics: MetricsLog, completion: dict, wall_s: float) -> dict:
-    r = params.resources
-    devices = r.nodes * (r.gpus_per_node or r.procs_per_node)
-    watts = r.nodes * (
-        r.gpus_per_node * params.gpu_power_w
-        if r.gpus_per_node
-        else (r.cpus_per_node or r.procs_per_node) * params.cpu_core_power_w
+def finished_run(params: TrainParameters, tokens: dict) -> dict | None:
+    """The completion record of this run if it already trained all its steps on these tokens."""
+    try:
+        completion = json.loads((params.run_dir / COMPLETION_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    meta = checkpoint_meta(ObjectStore(), completion.get("checkpoint"))
+    same = meta is not None and meta.get("data") == tokens["uri"] and meta.get("tokenizer") == tokens["tokenizer"]
+    return completion if completion.get("step") == params.steps and same else None
+
+
+def checkpoint_step(params: TrainParameters) -> int:
+    """The step of the checkpoint a new attempt would resume from (0: none)."""
+    from model.checkpoint import CheckpointLocation, step_of
+
+    tag = CheckpointLocation(params.checkpoints_uri, params.run_dir / "checkpoint-staging").latest_tag()
+    return (step_of(tag) or 0) if tag else 0
+
+
+def roll_back(params: TrainParameters, verdict: Verdict, lr_scale: float, last_rollback: int | None) -> tuple[dict[str, Any], int, str]:
+    """After a divergence: point `latest` at the newest complete checkpoint before the
+    trouble began (before the previous rollback point, if that diverged again), and return
+    the next attempt's overrides, the rollback step and a sentence for the log."""
+    from model.checkpoint import CheckpointLocation, step_of
+
+    location = CheckpointLocation(params.checkpoints_uri, params.run_dir / "checkpoint-staging")
+    since = int(verdict.details.get("since_step") or verdict.details.get("step") or 1)
+    detected = int(verdict.details.get("step") or since)
+    limit = since if last_rollback is None else min(since, last_rollback)
+    complete = [t for t in location.tags() if step_of(t) < limit and location.incomplete_reason(t) is None]
+    tag = complete[-1] if complete else None
+    location.set_latest(tag)
+    rollback_step = step_of(tag) if tag else 0
+    overrides: dict[str, Any] = {"train.lr_scale": lr_scale * params.divergence_lr_factor}
+    if params.divergence_skip_data:
+        overrides["data.skip_steps"] = max(0, detected - rollback_step)
+    where = f"checkpoint {tag}" if tag else "step 0 (no complete checkpoint before it)"
+    return overrides, rollback_step, (
+        f"diverged at step {detected} (trouble since step {since}): rolling back to {where}, "
+        f"learning rate x{overrides['train.lr_scale']:g}"
+        + (f", skipping the data of {overrides['data.skip_steps']} step(s)" if params.divergence_skip_data else "")
     )
-    energy_kwh = watts * wall_s / 3600 / 1000
-    steady = [m for step, m in sorted(metrics.train.items()) if step > 1]  # step 1 carries start-up costs
-    return {
-        "final_train_loss": completion.get("final_loss"),
-        "final_val_loss": completion.get("val_loss"),
-        "tokens_seen": completion.get("tokens_seen"),
-        "tokens_per_s": mean([m.get("tokens_per_s") for m in steady]),
-        "mfu": mean([m.get("mfu") for m in steady]),
-        "steps": completion.get("step"),
-        "wall_s": wall_s,
-        "trainer_wall_s": completion.get("wall_s"),
-        "device_kind": "GPU" if r.gpus_per_node else "CPU rank",
-        "device_hours": devices * wall_s / 3600,
-        "energy_kwh": energy_kwh,
-        "co2_kg": energy_kwh * params.carbon_intensity_g_per_kwh / 1000,
-    }
-
-
-def plot_loss_curve(metrics: MetricsLog, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    train = sorted(metrics.train.items())
-    ax.plot([s for s, _ in train], [m.get("loss") for _, m in train], label="train loss")
-    if metrics.val:
-        val = sorted(metrics.val.items())
-        ax.plot([s for s, _ in val], [m.get("val_loss") for _, m in val], "o-", label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _fmt(value: Any, spec: str = ".4g") -> str:
-    return "n/a" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
-
-
-def report_markdown(params: TrainParameters, summary: dict, locations: dict, restarts: list[dict]) -> str:
-    s = summary
-    lines = [
-        f"# Training run `{params.run_name}`",
-        "",
-        f"Model preset **{params.model_preset}**, {params.steps} steps, backend **{params.backend}** "
-        f"({params.resources.nodes} node(s) × {params.resources.procs_per_node} rank(s)), dataset `{params.dataset_uri}`.",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        f"| final train loss | {_fmt(s['final_train_loss'])} |",
-        f"| final validation loss | {_fmt(s['final_val_loss'])} |",
-        f"| tokens seen | {_fmt(s['tokens_seen'], ',')} |",
-        f"| tokens/s (mean) | {_fmt(s['tokens_per_s'], ',.0f')} |",
-        f"| MFU (mean) | {_fmt(s['mfu'], '.2%') if s['mfu'] is not None else 'n/a (no peak FLOPs known for this device)'} |",
-        f"| wall time | {_fmt(s['wall_s'], '.1f')} s (trainer's last attempt {_fmt(s['trainer_wall_s'], '.1f')} s) |",
-        f"| device-hours | {_fmt(s['device_hours'], '.4f')} ({s['device_kind']}) |",
-        f"| energy (estimate) | {_fmt(s['energy_kwh'], '.4f')} kWh |",
-        f"| CO2 (estimate) | {_fmt(s['co2_kg'], '.4f')} kg at {params.carbon_intensity_g_per_kwh:g} gCO2/kWh |",
-        f"| restarts | {len(restarts)} |",
-        "",
-        "Energy assumes "
-        + (
-            f"{params.gpu_power_w:g} W per GPU"
-            if params.resources.gpus_per_node
-            else f"{params.cpu_core_power_w:g} W per CPU core"
-        )
-        + " for the whole wall time.",
-        "",
-        "## Where things are",
-        "",
-        *(f"- {name}: `{where}`" for name, where in locations.items() if where),
-    ]
-    if restarts:
-        lines += ["", "## Restarts", "", "| attempt | outcome | reason | last step |", "|---|---|---|---|"]
-        lines += [f"| {r['attempt']} | {r['outcome']} | {r['reason'].replace('|', '/')} | {r['last_step']} |" for r in restarts]
-    return "\n".join(lines) + "\n"
-
-
-def loss_table(metrics: MetricsLog, max_rows: int = 50) -> list[dict]:
-    steps = sorted(metrics.train)
-    every = max(1, -(-len(steps) // max_rows))
-    picked = steps[::every] + ([steps[-1]] if steps and steps[-1] not in steps[::every] else [])
-    return [
-        {
-            "step": s,
-            "loss": metrics.train[s].get("loss"),
-            "val_loss": (metrics.val.get(s) or {}).get("val_loss"),
-            "lr": metrics.train[s].get("lr"),
-            "tokens_per_s": metrics.train[s].get("tokens_per_s"),
-        }
-        for s in picked
-    ]
-
-
-def artifact_key(*parts: str) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
-
-
-@task(cache_policy=NO_CACHE)
-def publish(
-    params: TrainParameters, summary: dict, metrics: MetricsLog, completion: dict, hf_dir: str | None, restarts: list[dict]
-) -> dict:
-    """Loss curve, report and outputs: written to the run directory and uploaded to object storage."""
-    store = ObjectStore()
-    run_dir, out_uri = params.run_dir, params.outputs_uri
-    curve = plot_loss_curve(metrics, run_dir / "loss_curve.png")
-    hf_uri = join(out_uri, "hf") if hf_dir else None
-    locations = {
-        "run directory": str(run_dir),
-        "checkpoint": completion.get("checkpoint"),
-        "exported Hugging Face model": hf_uri,
-        "report": join(out_uri, "report.md"),
-        "loss curve": join(out_uri, "loss_curve.png"),
-        "metrics": join(out_uri, "metrics.jsonl"),
-    }
-    report = report_markdown(params, summary, locations, restarts)
-    (run_dir / "report.md").write_text(report)
-    (run_dir / "summary.json").write_text(
-        json.dumps({"summary": summary, "locations": locations, "restarts": restarts}, indent=1)
-    )
-    for name in ("report.md", "summary.json", "loss_curve.png", "metrics.jsonl", "COMPLETED.json", "config.yaml"):
-        if (run_dir / name).exists():
-            store.upload_file(run_dir / name, join(out_uri, name))
-    if hf_dir:
-        for path in sorted(p for p in Path(hf_dir).rglob("*") if p.is_file()):
-            store.upload_file(path, join(hf_uri, path.relative_to(hf_dir).as_posix()))
-    create_markdown_artifact(
-        report, key=artifact_key(params.run_name, "report"), description=f"training report for {params.run_name}"
-    )
-    create_table_artifact(loss_table(metrics), key=artifact_key(params.run_name, "loss"), description="loss by step")
-    return {
-        "report": locations["report"],
-        "loss_curve": locations["loss curve"],
-        "loss_curve_local": str(curve),
-        "checkpoint": locations["checkpoint"],
-        "hf_model": hf_uri,
-        "outputs": out_uri,
-    }
 
 
 # -- the flow ------------------------------------------------------------------------------
@@ -454,7 +483,10 @@ def train(params: TrainParameters) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     store = ObjectStore()
     store.check(params.dataset_uri)
-    version = latest_version(params.dataset_uri, store).version if params.dataset_version == "latest" else params.dataset_version
+    version = params.dataset_version
+    if version == "latest":
+        version = names.segment(latest_version(params.dataset_uri, store).version, "latest version of the dataset")
+    record_training_run(params.dataset_uri, version, params.run_name, params.outputs_uri, store)  # for `tokenmill lineage`
     tokenizer_uri = prepare_tokenizer(params, version)
     tokens = tokenize(params, version, tokenizer_uri)
     config_path = run_dir / "config.yaml"
@@ -462,46 +494,82 @@ def train(params: TrainParameters) -> dict:
 
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     metrics.read_new()  # what earlier runs of this run name logged: progress continues from it
-    progress_id = create_progress_artifact(
-        100.0 * min(metrics.last_step, params.steps) / params.steps, description=f"training {params.run_name}"
-    )
+    started = time.time()  # wall time and device-hours count from here
+    job = running_job(params)
+    completion = None if job else finished_run(params, tokens)
     restarts: list[dict] = []
-    verdict: Verdict | None = None
-    started = time.time()  # wall time and device-hours count from the first submission
-    try:
-        for attempt in range(params.max_restarts + 1):
-            handle = submit(params, config_path, attempt)
-            verdict, metrics = watch(params, handle, metrics, progress_id)
-            # Also after a failure: sweeps up ranks a dying launcher left behind.
-            cancel_job(params)
-            if verdict.ok:
-                break
-            restarts.append(
-                {
-                    "attempt": attempt,
-                    "job": handle.job_id,
-                    "outcome": verdict.outcome,
-                    "reason": verdict.reason,
-                    "exit_code": verdict.state.exit_code if verdict.state else None,
-                    "last_step": metrics.last_step,
-                    "at": time.time(),
-                }
-            )
-            create_table_artifact(restarts, key=artifact_key(params.run_name, "restarts"), description="restarts so far")
-            if attempt < params.max_restarts:
-                logger.warning("restarting from the latest checkpoint (restart %d of %d)", attempt + 1, params.max_restarts)
-    finally:
-        cancel_job(params)  # a flow that fails or is cancelled leaves no job behind
-    if verdict is None or not verdict.ok:
-        raise RuntimeError(
-            f"training {params.run_name} failed in {len(restarts)} attempt(s); last: {verdict.reason if verdict else 'not started'}"
-        )
-
-    completion = verdict.completion or {}
+    if completion is not None:
+        logger.info("run %s already finished at step %s: reporting it", params.run_name, completion["step"])
+    else:
+        verdict = run_attempts(params, config_path, metrics, job, restarts)
+        completion = verdict.completion or {}
     summary = summarize(params, metrics, completion, time.time() - started)
     hf_dir = export_model(params, completion["checkpoint"]) if params.export_hf and completion.get("checkpoint") else None
     locations = publish(params, summary, metrics, completion, hf_dir, restarts)
     return {**locations, "run_dir": str(run_dir), "summary": summary, "restarts": restarts, "tokens": tokens}
+
+
+def run_attempts(params: TrainParameters, config_path: Path, metrics: MetricsLog, adopted: dict | None, restarts: list[dict]) -> Verdict:
+    """Submit (or adopt), watch, and restart per the policy until the run completes; raises
+    when it cannot."""
+    logger = get_run_logger()
+    progress_id = create_progress_artifact(
+        100.0 * min(metrics.last_step, params.steps) / params.steps, description=f"training {params.run_name}"
+    )
+    failures = 0
+    lr_scale, last_rollback = 1.0, None
+    attempt = adopted["attempt"] if adopted else 0
+    overrides: dict[str, Any] = {} if adopted else dict(params.first_attempt_overrides)
+    job = adopted
+    if adopted:
+        logger.warning("adopting job %s of run %s (attempt %d, submitted by flow run %s): it was still running",
+                       adopted["handle"]["job_id"], params.run_name, attempt, adopted.get("flow_run_id"))  # fmt: skip
+    try:
+        while True:
+            start_step = checkpoint_step(params)
+            if job is None:
+                job = submit(params, config_path, attempt, overrides)
+            verdict, metrics = watch(params, job, metrics, progress_id)
+            note = cancel_job(params)  # also after a failure: sweeps up ranks a dying launcher left behind
+            if note:
+                logger.warning(note)
+            if verdict.ok:
+                return verdict
+            restarts.append(
+                {
+                    "attempt": attempt,
+                    "job": job["handle"]["job_id"],
+                    "outcome": verdict.outcome,
+                    "reason": verdict.reason,
+                    "exit_code": verdict.state.exit_code if verdict.state else None,
+                    "last_step": metrics.last_step,
+                    "detected_after_s": round(time.time() - job["submitted_at"], 1),
+                    "at": time.time(),
+                }
+            )
+            create_table_artifact(restarts, key=artifact_key(params.run_name, "restarts"), description="restarts so far")
+            progressed = checkpoint_step(params) > start_step
+            repeated = len(restarts) > 1 and restarts[-2]["reason"] == verdict.reason and not progressed
+            if verdict.will_recur or (verdict.outcome == "failed" and repeated):
+                raise RuntimeError(f"training {params.run_name}: {verdict.outcome}: {verdict.reason} (not retried: it would fail the same way)")
+            if not (verdict.outcome == "interrupted" and progressed):
+                failures += 1
+            if failures > params.max_restarts:
+                raise RuntimeError(f"training {params.run_name} failed in {len(restarts)} attempt(s); last: {verdict.outcome}: {verdict.reason}")
+            attempt, job = attempt + 1, None
+            overrides = {"train.lr_scale": lr_scale} if lr_scale != 1.0 else {}
+            if verdict.outcome == "diverged":
+                overrides, last_rollback, message = roll_back(params, verdict, lr_scale, last_rollback)
+                lr_scale = overrides["train.lr_scale"]
+                logger.warning(message)
+            elif verdict.outcome == "interrupted":
+                logger.info("continuing in a new job from the checkpoint at step %d", checkpoint_step(params))
+            else:
+                logger.warning("restarting from the latest checkpoint (failure %d of at most %d)", failures, params.max_restarts)
+    finally:
+        note = cancel_job(params)  # a flow that fails or is cancelled leaves no job behind
+        if note:
+            logger.warning(note)
 
 
 # -- triggering ----------------------------------------------------------------------------
@@ -522,3 +590,4 @@ def dataset_ready_trigger(dataset_uri: str, params: dict[str, Any] | None = None
         match={"tokenmill.dataset.uri": dataset_uri},
         parameters={"params": base},
     )
+

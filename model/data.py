@@ -1,11 +1,16 @@
 """Streaming token shards from object storage into training batches.
 
-The unit of per-rank sharding is a Parquet row group of a token shard (see
-`pipeline.tokenize`). Each epoch, all training row groups are permuted with a seeded RNG and
-dealt round-robin to the ranks; a rank reads only its own row groups, one ahead in a
-background thread so that storage latency hides behind compute. Rows inside a group are
-permuted too. The position (epoch, group, row) is the whole state: save it with
-`state_dict()` and `load_state_dict()` continues with the very next sequence.
+Each epoch puts every training sequence in one seeded order: the row groups of the token
+shards (see `pipeline.tokenize`) in a random order, the rows inside each group permuted, all
+concatenated. Rank r of W takes the contiguous slice [r·R/W, (r+1)·R/W) of that order (R rows
+in all): the slices differ by at most one row, so every rank sees 1/W of the data, the ranks
+together see every sequence exactly once per epoch, and they start the next epoch within the
+same step. Row groups have very different sizes (the last group of each shard is short), so
+dealing whole groups to ranks would not do this. A rank reads only the groups its slice
+overlaps, one ahead in a background thread so that storage latency hides behind compute.
+The position (epoch, rows taken from this epoch's slice) is the whole state: save it with
+`state_dict()`, and `load_state_dict()` continues with the very next sequence; `skip(n)` jumps
+over sequences without reading them.
 """
 
 from __future__ import annotations
@@ -77,67 +82,95 @@ class ShardedTokenStream:
     """This rank's endless, deterministic stream of sequences (rows of seq_len + 1 tokens)."""
 
     def __init__(self, store: ObjectStore, groups: list[RowGroup], width: int, *, rank: int, world: int, seed: int):
-        if len(groups) < world:
-            raise ValueError(f"the token dataset has {len(groups)} training row groups but there are {world} ranks; re-tokenize with a smaller rows_per_group")
         self.groups, self.rank, self.world, self.seed = groups, rank, world, seed
+        self.sizes = np.array([g.rows for g in groups], dtype=np.int64)
+        self.total = int(self.sizes.sum())
+        if self.total < world:
+            raise ValueError(f"the token dataset has {self.total} training sequences but there are {world} ranks; use fewer ranks or more data")
+        # This rank's slice of every epoch's order (the same bounds each epoch).
+        self.lo, self.hi = rank * self.total // world, (rank + 1) * self.total // world
         self.reader = RowGroupReader(store, width)
-        self.epoch, self.group_pos, self.row_pos = 0, 0, 0
+        self.epoch, self.offset = 0, 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-prefetch")
         self._pending: dict[tuple[int, int], Future] = {}
         self._current: tuple[tuple[int, int], np.ndarray] | None = None
-        self._plans: dict[int, list[int]] = {}
+        self._layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def _plan(self, epoch: int) -> list[int]:
-        """Indices of this rank's row groups for an epoch, in reading order."""
-        if epoch not in self._plans:
+    @property
+    def rows_per_epoch(self) -> int:
+        """Sequences this rank takes per epoch."""
+        return self.hi - self.lo
+
+    def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(group index per slot, first epoch position of each slot + the end) for an epoch."""
+        if epoch not in self._layouts:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.groups))
-            self._plans = {epoch: [int(i) for i in order[self.rank :: self.world]]}
-        return self._plans[epoch]
+            starts = np.concatenate([[0], np.cumsum(self.sizes[order])])
+            self._layouts = {e: v for e, v in self._layouts.items() if e >= epoch - 1}  # current and next only
+            self._layouts[epoch] = (order, starts)
+        return self._layouts[epoch]
 
-    def _next_key(self, key: tuple[int, int]) -> tuple[int, int]:
-        epoch, pos = key
-        return (epoch, pos + 1) if pos + 1 < len(self._plan(epoch)) else (epoch + 1, 0)
+    def _slot(self, epoch: int, position: int) -> int:
+        return int(np.searchsorted(self._layout(epoch)[1], position, side="right")) - 1
 
-    def _load(self, key: tuple[int, int]) -> np.ndarray:
-        epoch, pos = key
-        index = self._plan(epoch)[pos]
+    def _load(self, epoch: int, index: int) -> np.ndarray:
+        """Runs in the prefetch thread: touches only its arguments and the reader."""
         rows = self.reader.read(self.groups[index])
         return rows[np.random.default_rng([self.seed, epoch, index]).permutation(len(rows))]
 
     def _fetch(self, key: tuple[int, int]) -> Future:
         if key not in self._pending:
-            self._pending[key] = self._pool.submit(self._load, key)
+            epoch, slot = key
+            self._pending[key] = self._pool.submit(self._load, epoch, int(self._layout(epoch)[0][slot]))
         return self._pending[key]
 
-    def _group(self) -> np.ndarray:
-        key = (self.epoch, self.group_pos)
+    def _group(self, key: tuple[int, int]) -> np.ndarray:
         if self._current is None or self._current[0] != key:
             rows = self._fetch(key).result()
             self._pending.pop(key, None)
             self._current = (key, rows)
-            self._fetch(self._next_key(key))  # read ahead while this group is trained on
+            epoch, slot = key
+            last = self._slot(epoch, self.hi - 1)
+            self._fetch((epoch, slot + 1) if slot < last else (epoch + 1, self._slot(epoch + 1, self.lo)))  # read ahead
         return self._current[1]
 
     def next_batch(self, batch_size: int) -> np.ndarray:
         parts, need = [], batch_size
         while need:
-            rows = self._group()
-            take = rows[self.row_pos : self.row_pos + need]
+            position = self.lo + self.offset
+            slot = self._slot(self.epoch, position)
+            start, end = self._layout(self.epoch)[1][slot : slot + 2]
+            rows = self._group((self.epoch, slot))
+            take = rows[position - start : min(end, self.hi) - start][:need]
             parts.append(take)
             need -= len(take)
-            self.row_pos += len(take)
-            if self.row_pos >= len(rows):
-                self.epoch, self.group_pos = self._next_key((self.epoch, self.group_pos))
-                self.row_pos = 0
+            self._advance(len(take))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def _advance(self, n: int) -> None:
+        self.offset += n
+        if self.offset >= self.rows_per_epoch:
+            self.epoch, self.offset = self.epoch + 1, 0
+
+    def skip(self, n: int) -> None:
+        """Jump over the next `n` sequences without reading them (skipping a data window)."""
+        epochs, self.offset = divmod(self.offset + n, self.rows_per_epoch)
+        self.epoch += epochs
+        self._current = None
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "group_pos": self.group_pos, "row_pos": self.row_pos, "rank": self.rank, "world": self.world, "seed": self.seed}
+        return {"epoch": self.epoch, "offset": self.offset, "rank": self.rank, "world": self.world, "seed": self.seed, "rows": self.total}
 
     def load_state_dict(self, state: dict) -> None:
-        if (state["rank"], state["world"], state["seed"]) != (self.rank, self.world, self.seed):
-            raise ValueError(f"data position was saved by rank {state['rank']} of {state['world']} (seed {state['seed']}); this is rank {self.rank} of {self.world} (seed {self.seed})")
-        self.epoch, self.group_pos, self.row_pos = state["epoch"], state["group_pos"], state["row_pos"]
+        if "offset" not in state:
+            raise ValueError("the data position was saved by an older tokenmill (row-group sharding); start a new run")
+        saved = (state["rank"], state["world"], state["seed"], state["rows"])
+        if saved != (self.rank, self.world, self.seed, self.total):
+            raise ValueError(
+                f"data position was saved by rank {saved[0]} of {saved[1]} (seed {saved[2]}, {saved[3]} sequences); "
+                f"this is rank {self.rank} of {self.world} (seed {self.seed}, {self.total} sequences)"
+            )
+        self.epoch, self.offset = state["epoch"], state["offset"]
         self._current = None
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 `python -m model.export --checkpoint DIR_OR_URI --out DIR [--dtype bf16]`.
 
 Writes `model.safetensors`, `config.json` (LlamaConfig), `generation_config.json` and the
-tokenizer files, loadable with `transformers.LlamaForCausalLM.from_pretrained(DIR)`. The
+tokenizer files, loadable with `transformers.LlamaForCausalLM.from_pretrained(DIR)` and
+`AutoTokenizer` in transformers 4.4x-4.5x as well as 5.x (see `add_transformers4_fields`). The
 checkpoint may be a root with a `latest` file or one tag folder, local or on object storage.
 Module names already match Hugging Face's, so the conversion is a `model.` prefix; with tied
 embeddings `lm_head.weight` is left out and `tie_word_embeddings` tells transformers to tie it.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import META, resolve_tag_dir
+from model.checkpoint import META, resolve_tag_dir, safe_torch_load
 from model.llama import ModelConfig
 from model.tokenizer import EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
 from pipeline.storage import ObjectStore
@@ -76,6 +77,25 @@ def hf_config(cfg: ModelConfig, dtype: str):
     return config, GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=pad)
 
 
+def add_transformers4_fields(out: Path, cfg: ModelConfig) -> None:
+    """transformers 5 writes two things that 4.x reads differently: `tokenizer_class:
+    TokenizersBackend` (4.x AutoTokenizer raises: no such class) and RoPE's theta only under
+    `rope_parameters` (4.x reads the top-level `rope_theta` and silently falls back to 10,000:
+    wrong logits for presets with 500,000). Write the fields both majors read: the
+    tokenizer class both know, `rope_theta` at the top level as well, `torch_dtype` beside `dtype`."""
+    config_path, tokenizer_path = out / "config.json", out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["rope_theta"] = cfg.rope_theta
+    config.setdefault("rope_scaling", None)
+    if "dtype" in config:
+        config.setdefault("torch_dtype", config["dtype"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer = json.loads(tokenizer_path.read_text())
+    tokenizer["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tokenizer.pop("backend", None)  # 5.x's default; 4.x would pass it on as an unknown init argument
+    tokenizer_path.write_text(json.dumps(tokenizer, indent=2, sort_keys=True) + "\n")
+
+
 def export_hf(checkpoint: str, out_dir: str | Path, *, dtype: str = "fp32", store: ObjectStore | None = None) -> Path:
     from safetensors.torch import save_file
     from transformers import PreTrainedTokenizerFast
@@ -88,7 +108,9 @@ def export_hf(checkpoint: str, out_dir: str | Path, *, dtype: str = "fp32", stor
         tag_dir = resolve_tag_dir(checkpoint, store, staging=Path(staging))
         meta = json.loads((tag_dir / META).read_text())
         cfg = ModelConfig(**meta["model"])
-        tensors = to_hf_state_dict(load_native_state(tag_dir), cfg, DTYPES[dtype])
+        with safe_torch_load():
+            native = load_native_state(tag_dir)
+        tensors = to_hf_state_dict(native, cfg, DTYPES[dtype])
         save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt", "tokenmill.step": str(meta["step"])})
         config, generation = hf_config(cfg, dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype])
         config.save_pretrained(out)
@@ -98,6 +120,7 @@ def export_hf(checkpoint: str, out_dir: str | Path, *, dtype: str = "fp32", stor
             model_max_length=cfg.max_seq_len,
         )  # fmt: skip
         tokenizer.save_pretrained(out)
+        add_transformers4_fields(out, cfg)
         (out / "tokenmill.json").write_text(json.dumps({**meta, "source_checkpoint": checkpoint}, indent=1))
     return out
 

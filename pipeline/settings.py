@@ -22,6 +22,7 @@ ENV_DASK_ADDRESS = "TOKENMILL_DASK_ADDRESS"
 ENV_SHARED = "TOKENMILL_SHARED"  # folder of third-party data: lid.176 model, toxicity training set, samples
 ENV_REFRESH_CRON = "TOKENMILL_REFRESH_CRON"  # schedule of the served corpus refresh
 ENV_REFRESH_DATASET = "TOKENMILL_REFRESH_DATASET"  # dataset the scheduled refresh writes and training follows
+ENV_LEASE_TTL = "TOKENMILL_LEASE_TTL_S"  # seconds a dataset lease outlives its holder's last renewal
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_DATA_ROOT = "s3://tokenmill"
@@ -67,6 +68,11 @@ class StorageSettings:
 def data_root() -> str:
     """Where datasets live unless a flow is told otherwise (an s3:// URI or a local path)."""
     return os.environ.get(ENV_DATA_ROOT) or DEFAULT_DATA_ROOT
+
+
+def lease_ttl_s() -> int:
+    """How long a crashed refresh keeps its dataset locked: renewals come every third of it."""
+    return int(os.environ.get(ENV_LEASE_TTL) or 120)
 
 
 def tokenmill_home() -> Path:

@@ -7,7 +7,9 @@ project talks to boto3 or constructs a pyarrow filesystem; it asks an `ObjectSto
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import io
 import os
 import random
 import re
@@ -16,6 +18,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Callable, Iterator, TypeVar
 
@@ -42,7 +45,13 @@ class StorageUnreachable(StorageError):
 
 
 class PreconditionFailed(StorageError):
-    """A conditional put found the object already there (HTTP 412)."""
+    """A conditional write or read did not hold (HTTP 412): the object is already there
+    (If-None-Match) or is no longer the version named (If-Match)."""
+
+
+class SourceChanged(StorageError):
+    """An input object is no longer the one a plan recorded (its ETag changed, or it is gone).
+    Recurs on every retry: re-plan to read the new content under a new version."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,9 @@ def retry(fn: Callable[[], T], *, attempts: int = 6, base_delay: float = 0.5, wh
 def _is_transient(exc: ClientError) -> bool:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     code = exc.response.get("Error", {}).get("Code", "")
-    return status >= 500 or code in {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+    # 409 ConditionalRequestConflict: another conditional write to the key is in flight; the
+    # retry then gets the real answer (success or 412).
+    return status >= 500 or code in {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "ConditionalRequestConflict"}
 
 
 def _error_code(exc: ClientError) -> str:
@@ -185,7 +196,7 @@ class ObjectStore:
             if not root.exists():
                 return []
             return sorted(
-                (self._local_info(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")),
+                (self._local_info(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith((".tmp-", ".lock-"))),
                 key=lambda o: o.uri,
             )
         bucket, key = split_s3(prefix)
@@ -215,14 +226,17 @@ class ObjectStore:
         if not is_s3(uri):
             path = local_path(uri)
             return self._local_info(path) if path.is_file() else None
+        meta = self._head_s3(uri)
+        return None if meta is None else ObjectInfo(uri, meta["ContentLength"], meta["ETag"].strip('"'))
+
+    def _head_s3(self, uri: str) -> dict | None:
         bucket, key = split_s3(uri)
         try:
-            meta = retry(lambda: self.client.head_object(Bucket=bucket, Key=key), what=f"head {uri}")
+            return retry(lambda: self.client.head_object(Bucket=bucket, Key=key), what=f"head {uri}")
         except ClientError as exc:
             if _error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
                 return None
             raise
-        return ObjectInfo(uri, meta["ContentLength"], meta["ETag"].strip('"'))
 
     def exists(self, uri: str) -> bool:
         return self.head(uri) is not None
@@ -235,14 +249,17 @@ class ObjectStore:
         bucket, key = split_s3(uri)
         return retry(lambda: self.client.get_object(Bucket=bucket, Key=key)["Body"].read(), what=f"get {uri}")
 
-    def put_bytes(self, uri: str, data: bytes, *, if_none_match: bool = False, content_type: str | None = None) -> ObjectInfo:
-        """Write an object. With `if_none_match`, only if no object is there yet (else PreconditionFailed)."""
+    def put_bytes(self, uri: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None, content_type: str | None = None) -> ObjectInfo:
+        """Write an object. With `if_none_match`, only if no object is there yet; with
+        `if_match`, only if the object there still has that ETag (else PreconditionFailed)."""
         if not is_s3(uri):
-            return self._local_put(local_path(uri), data, exclusive=if_none_match)
+            return self._local_put(local_path(uri), data, exclusive=if_none_match, if_match=if_match)
         bucket, key = split_s3(uri)
         kwargs: dict = {"Bucket": bucket, "Key": key, "Body": data}
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = _quoted(if_match)
         if content_type:
             kwargs["ContentType"] = content_type
 
@@ -250,12 +267,57 @@ class ObjectStore:
             try:
                 return self.client.put_object(**kwargs)
             except ClientError as exc:
-                if _error_code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
-                    raise PreconditionFailed(f"{uri} already exists") from exc
+                if _error_code(exc) in {"PreconditionFailed", "412"}:
+                    raise PreconditionFailed(f"{uri}: {'already exists' if if_none_match else 'changed since it was read'}") from exc
+                if if_match is not None and _error_code(exc) in {"NoSuchKey", "404"}:
+                    raise PreconditionFailed(f"{uri}: gone since it was read") from exc
                 raise
 
         resp = retry(run, what=f"put {uri}")
         return ObjectInfo(uri, len(data), resp["ETag"].strip('"'))
+
+    def get_with_etag(self, uri: str) -> tuple[bytes, str] | None:
+        """An object's bytes and the ETag of exactly those bytes (for a conditional rewrite), or None."""
+        if not is_s3(uri):
+            path = local_path(uri)
+            try:
+                return path.read_bytes(), self._local_info(path).etag
+            except FileNotFoundError:
+                return None
+        bucket, key = split_s3(uri)
+        try:
+            resp = retry(lambda: self.client.get_object(Bucket=bucket, Key=key), what=f"get {uri}")
+            return resp["Body"].read(), resp["ETag"].strip('"')
+        except ClientError as exc:
+            if _error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+
+    def age(self, uri: str) -> tuple[ObjectInfo, float] | None:
+        """An object and the seconds since it was last written, by the server's own clock
+        (S3's Date header against Last-Modified), so leases expire right on skewed clients."""
+        if not is_s3(uri):
+            path = local_path(uri)
+            if not path.is_file():
+                return None
+            return self._local_info(path), max(0.0, time.time() - path.stat().st_mtime)
+        meta = self._head_s3(uri)
+        if meta is None:
+            return None
+        server_now = parsedate_to_datetime(meta["ResponseMetadata"]["HTTPHeaders"]["date"])
+        info = ObjectInfo(uri, meta["ContentLength"], meta["ETag"].strip('"'))
+        return info, max(0.0, (server_now - meta["LastModified"]).total_seconds())
+
+    def copy(self, source: str, dest: str) -> ObjectInfo:
+        """Server-side copy (no bytes through this process on S3)."""
+        if not (is_s3(source) and is_s3(dest)):
+            return self.put_bytes(dest, self.get_bytes(source))
+        src_bucket, src_key = split_s3(source)
+        bucket, key = split_s3(dest)
+        retry(lambda: self.client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": src_bucket, "Key": src_key}), what=f"copy {source}")
+        info = self.head(dest)
+        assert info is not None
+        return info
 
     def upload_file(self, local: str | Path, uri: str) -> ObjectInfo:
         """Upload a local file; multipart above MULTIPART_THRESHOLD."""
@@ -290,11 +352,48 @@ class ObjectStore:
         bucket, key = split_s3(uri)
         retry(lambda: self.client.delete_object(Bucket=bucket, Key=key), what=f"delete {uri}")
 
+    def delete_many(self, uris: list[str]) -> int:
+        """Delete objects, a thousand per request on S3 (DeleteObjects); missing ones are fine."""
+        by_bucket: dict[str, list[str]] = {}
+        for uri in uris:
+            if not is_s3(uri):
+                local_path(uri).unlink(missing_ok=True)
+                continue
+            bucket, key = split_s3(uri)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), 1000):
+                batch = {"Objects": [{"Key": k} for k in keys[start : start + 1000]], "Quiet": True}
+                resp = retry(lambda: self.client.delete_objects(Bucket=bucket, Delete=batch), what=f"delete in {bucket}")
+                if resp.get("Errors"):
+                    first = resp["Errors"][0]
+                    raise StorageError(f"could not delete {len(resp['Errors'])} objects in {bucket}, e.g. {first.get('Key')}: {first.get('Code')}")
+        return len(uris)
+
     def delete_prefix(self, prefix: str) -> int:
-        objects = self.list(prefix)
-        for obj in objects:
-            self.delete(obj.uri)
-        return len(objects)
+        return self.delete_many([o.uri for o in self.list(prefix)])
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        """The "subdirectories" directly under `prefix` (ending in `/`), without listing their contents."""
+        prefix = prefix.rstrip("/") + "/"
+        if not is_s3(prefix):
+            root = local_path(prefix)
+            return sorted(f"{prefix}{p.name}/" for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        bucket, key = split_s3(prefix)
+
+        def run() -> list[str]:
+            out = []
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key, Delimiter="/"):
+                out.extend(f"s3://{bucket}/{p['Prefix']}" for p in page.get("CommonPrefixes", []))
+            return out
+
+        return sorted(retry(run, what=f"list {prefix}"))
+
+    def pinned(self, etags: dict[str, str]) -> "ObjectStore":
+        """This store, but reads of the given objects succeed only while each still has the
+        ETag given (If-Match on every request), else SourceChanged: content read under a plan
+        is the content the plan recorded."""
+        return PinnedStore(self.settings, etags, max_attempts=self._max_attempts)
 
     # -- streams -----------------------------------------------------------------------
 
@@ -320,7 +419,7 @@ class ObjectStore:
         st = path.stat()
         return ObjectInfo(str(path), st.st_size, f"{st.st_size:x}-{st.st_mtime_ns:x}")
 
-    def _local_put(self, path: Path, data: bytes, *, exclusive: bool) -> ObjectInfo:
+    def _local_put(self, path: Path, data: bytes, *, exclusive: bool, if_match: str | None = None) -> ObjectInfo:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
@@ -332,9 +431,129 @@ class ObjectStore:
                 raise PreconditionFailed(f"{path} already exists") from exc
             finally:
                 os.unlink(tmp)
+        elif if_match is not None:
+            # compare-and-swap under a lock file beside the object (local stores serve one host)
+            with open(path.parent / f".lock-{path.name}", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not path.is_file() or self._local_info(path).etag != if_match:
+                    os.unlink(tmp)
+                    raise PreconditionFailed(f"{path} changed since it was read")
+                os.replace(tmp, path)
         else:
             os.replace(tmp, path)
         return self._local_info(path)
+
+
+class PinnedStore(ObjectStore):
+    """An ObjectStore whose reads of pinned objects carry If-Match (see `ObjectStore.pinned`)."""
+
+    def __init__(self, settings: StorageSettings, etags: dict[str, str], *, max_attempts: int = 8):
+        super().__init__(settings, max_attempts=max_attempts)
+        self.etags = dict(etags)
+
+    def _checked_size(self, uri: str) -> int:
+        info = self.head(uri)
+        if info is None:
+            raise SourceChanged(f"{uri} is gone since it was planned")
+        if info.etag != self.etags[uri]:
+            raise SourceChanged(f"{uri} changed since it was planned (ETag {self.etags[uri]} planned, {info.etag} now); re-run to plan a new version")
+        return info.size
+
+    def open_read(self, uri: str) -> IO[bytes]:
+        if uri not in self.etags:
+            return super().open_read(uri)
+        size = self._checked_size(uri)
+        if not is_s3(uri):
+            return super().open_read(uri)
+        return io.BufferedReader(_IfMatchReader(self, uri, self.etags[uri], size, sequential=True), buffer_size=1 << 20)
+
+    def open_random_access(self, uri: str):
+        if uri not in self.etags:
+            return super().open_random_access(uri)
+        size = self._checked_size(uri)
+        if not is_s3(uri):
+            return super().open_random_access(uri)
+        import pyarrow as pa
+
+        return pa.PythonFile(io.BufferedReader(_IfMatchReader(self, uri, self.etags[uri], size, sequential=False), buffer_size=1 << 20), mode="r")
+
+    def get_bytes(self, uri: str) -> bytes:
+        if uri not in self.etags:
+            return super().get_bytes(uri)
+        with self.open_read(uri) as stream:
+            return stream.read()
+
+
+class _IfMatchReader(io.RawIOBase):
+    """A seekable raw stream over one S3 object: every GET carries If-Match, and a dropped
+    connection resumes at the current offset (Range) instead of failing the whole read.
+    `sequential` keeps one open-ended GET streaming; otherwise each read is one ranged GET."""
+
+    def __init__(self, store: ObjectStore, uri: str, etag: str, size: int, *, sequential: bool):
+        super().__init__()
+        self.store, self.uri, self.etag, self.size, self.sequential = store, uri, etag, size, sequential
+        self.bucket, self.key = split_s3(uri)
+        self.pos = 0
+        self._body = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = {io.SEEK_SET: offset, io.SEEK_CUR: self.pos + offset, io.SEEK_END: self.size + offset}[whence]
+        if target != self.pos:
+            self._drop_body()
+            self.pos = max(0, target)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self.size - self.pos)
+        if want <= 0:
+            return 0
+        for attempt in range(6):
+            try:
+                if self._body is None:
+                    end = "" if self.sequential else str(self.pos + want - 1)
+                    resp = self.store.client.get_object(Bucket=self.bucket, Key=self.key, IfMatch=_quoted(self.etag), Range=f"bytes={self.pos}-{end}")
+                    self._body = resp["Body"]
+                data = self._body.read(want)
+                if not self.sequential:
+                    self._drop_body()
+                if not data:
+                    raise ConnectionError(f"{self.uri}: stream ended at byte {self.pos} of {self.size}")
+                buffer[: len(data)] = data
+                self.pos += len(data)
+                return len(data)
+            except ClientError as exc:
+                if _error_code(exc) in {"PreconditionFailed", "412", "NoSuchKey", "404"}:
+                    raise SourceChanged(f"{self.uri} changed while it was read (ETag {self.etag} planned); re-run to plan a new version") from exc
+                if not _is_transient(exc) or attempt == 5:
+                    raise
+            except (BotoCoreError, ConnectionError, OSError):
+                if attempt == 5:
+                    raise
+            self._drop_body()
+            time.sleep(0.5 * (2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _drop_body(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()
+
+
+def _quoted(etag: str) -> str:
+    return etag if etag.startswith('"') else f'"{etag}"'
 
 
 _client_lock = threading.Lock()
@@ -350,6 +569,7 @@ def _boto3_client(s: StorageSettings, max_attempts: int):
         s3={"addressing_style": "path"} if s.endpoint else {},
         connect_timeout=5,
         read_timeout=60,
+        max_pool_connections=32,  # parallel GETs (compaction at seal, sealed-version listings) use 16 threads
         # Checksums on every PUT are newer than several S3-compatible servers.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",

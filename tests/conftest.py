@@ -3,6 +3,7 @@ endpoint), a fresh bucket per test, the shared data folder, and Prefect's test h
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -86,6 +87,53 @@ def prefect_harness(tmp_path_factory):
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with contextlib.ExitStack() as stack:
+        with patient_startup_probe():  # only while the server starts
+            stack.enter_context(prefect_test_harness(server_startup_timeout=240))
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield
+
+
+@contextlib.contextmanager
+def patient_startup_probe(read_timeout: float = 60.0):
+    """Prefect 3.8 probes a starting server's /health and retries only refused connections;
+    on a loaded machine the server accepts the connection seconds before it answers, the
+    probe's default 5 s read timeout fires and the whole session errors. Clients created
+    while the harness starts get a longer read timeout (callers that pass one keep theirs);
+    the startup deadline itself stays `server_startup_timeout`."""
+    import functools
+
+    import httpx
+
+    original = httpx.Client
+    httpx.Client = functools.partial(original, timeout=httpx.Timeout(10.0, read=read_timeout))
+    try:
+        yield
+    finally:
+        httpx.Client = original
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """One real single-node Slurm cluster (munged + slurmctld + slurmd) for the whole session,
+    shared by the training-flow and security tests."""
+    from tests.train_flow.slurm_cluster import SlurmCluster, slurm_missing
+
+    reason = slurm_missing()
+    if reason:
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def pytest_collection_modifyitems(items):
+    """For `make test`'s two workers (`-n 2 --dist loadgroup`): a module's tests share a worker,
+    so its module-scoped servers start once, and every test of the Slurm cluster runs on the
+    same worker, so one cluster serves them all."""
+    for item in items:
+        group = "slurm" if "slurm_cluster" in getattr(item, "fixturenames", ()) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -9,7 +9,9 @@ import pkgutil
 import sys
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
 
+from flows.automations import default_heartbeat_env
 from pipeline.storage import StorageError
 
 
@@ -29,11 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as one line that names the field: `runner.workers: Input should be ...`."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or exc.title
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    default_heartbeat_env()  # before any command imports Prefect
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except ValidationError as exc:
+        print(f"tokenmill {args.command}: error: {validation_message(exc)}", file=sys.stderr)
+        return 2
     except (CommandError, StorageError, BotoCoreError, ClientError, FileNotFoundError, ValueError) as exc:
         print(f"tokenmill {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -42,5 +42,7 @@ def run_train(args) -> int:
           f"positive {result.positive_label!r}")
     print(f"rows: {result.train_rows} train, {result.holdout_rows} held out, {result.skipped_rows} skipped")
     if result.holdout_rows:
-        print(f"held out @ {result.threshold}: precision {result.precision:.4f} recall {result.recall:.4f} f1 {result.f1:.4f}")
+        auc = "n/a" if result.roc_auc is None else f"{result.roc_auc:.4f}"
+        print(f"held out @ {result.threshold}: precision {result.precision:.4f} recall {result.recall:.4f} f1 {result.f1:.4f} "
+              f"roc_auc {auc}")
     return 0

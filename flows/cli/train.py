@@ -14,89 +14,86 @@ from flows.cli import CommandError
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a model on a dataset version (train flow; a sweep when given several values)")
     p.add_argument("dataset", help="dataset name or URI")
-    p.add_argument("--version", default="latest", help="dataset version id (default: latest)")
+    p.add_argument("--version", help="dataset version id (default: latest)")
     p.add_argument("--run-name", help="run name (default: <dataset>-<version>; required with --version latest)")
-    p.add_argument("--preset", default="tiny", help="model preset (tiny, 125m, 350m, 1b)")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--lr", type=float, nargs="+", default=[3e-4])
-    p.add_argument("--batch", type=int, nargs="+", default=[8], help="micro batch size per rank")
-    p.add_argument("--warmup", type=int, nargs="+", default=[10], help="warmup steps")
-    p.add_argument("--backend", choices=["local", "slurm", "kubernetes"], default="local")
-    p.add_argument("--backend-options", default="{}", help='JSON, e.g. \'{"slurm_conf": "/etc/slurm/slurm.conf"}\'')
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--procs-per-node", type=int, default=2)
-    p.add_argument("--gpus-per-node", type=int, default=0)
-    p.add_argument("--max-restarts", type=int, default=3)
-    p.add_argument("--params", help="YAML file with further TrainParameters fields (command-line flags win)")
+    p.add_argument("--preset", help="model preset (tiny, 125m, 350m, 1b; default tiny)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 100)")
+    p.add_argument("--lr", type=float, nargs="+", help="peak learning rate (default 3e-4); several values: a sweep")
+    p.add_argument("--batch", type=int, nargs="+", help="micro batch size per rank (default 8)")
+    p.add_argument("--warmup", type=int, nargs="+", help="warmup steps (default 10)")
+    p.add_argument("--backend", choices=["local", "slurm", "kubernetes"], help="default local")
+    p.add_argument("--backend-options", help='JSON, e.g. \'{"slurm_conf": "/etc/slurm/slurm.conf"}\'')
+    p.add_argument("--nodes", type=int)
+    p.add_argument("--procs-per-node", type=int, help="ranks per node (default 2)")
+    p.add_argument("--gpus-per-node", type=int)
+    p.add_argument("--max-restarts", type=int)
+    p.add_argument("--params", help="YAML file of TrainParameters fields; a flag given on the command line wins over it")
     p.add_argument("--random-trials", type=int, help="sweep: sample this many grid points instead of the whole grid")
     p.set_defaults(func=cmd_train)
 
 
+# TrainParameters field ← command-line flag. A flag left out leaves the field to --params (or
+# the field's default): only flags the user typed override the file.
+FLAG_FIELDS = {
+    "dataset_version": "version", "run_name": "run_name", "model_preset": "preset", "steps": "steps",
+    "backend": "backend", "max_restarts": "max_restarts",
+}  # fmt: skip
+SWEPT_FLAGS = {"lr": "lr", "micro_batch_size": "batch", "warmup_steps": "warmup"}
+RESOURCE_FLAGS = {"nodes": "nodes", "procs_per_node": "procs_per_node", "gpus_per_node": "gpus_per_node"}
+
+
 def train_parameters(args: argparse.Namespace) -> dict:
-    """TrainParameters fields from the command line (the first value of each swept option)."""
-    extra: dict = {}
+    """TrainParameters fields: --params, then the flags given (the first value of each swept option)."""
+    fields: dict = {}
     if args.params:
         try:
             with open(args.params) as fh:
-                extra = yaml.safe_load(fh) or {}
-        except OSError as exc:
+                fields = yaml.safe_load(fh) or {}
+        except (OSError, yaml.YAMLError) as exc:
             raise CommandError(f"cannot read --params: {exc}") from exc
-        if not isinstance(extra, dict):
+        if not isinstance(fields, dict):
             raise CommandError(f"{args.params}: expected a mapping of TrainParameters fields")
-    try:
-        backend_options = json.loads(args.backend_options)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"--backend-options is not JSON: {exc}") from exc
     from pipeline.dataset import resolve_dataset_uri
 
-    resources = {
-        **extra.pop("resources", {}),
-        "nodes": args.nodes,
-        "procs_per_node": args.procs_per_node,
-        "gpus_per_node": args.gpus_per_node,
-    }
-    fields = {
-        **extra,
-        "dataset_uri": resolve_dataset_uri(args.dataset),
-        "dataset_version": args.version,
-        "model_preset": args.preset,
-        "steps": args.steps,
-        "lr": args.lr[0],
-        "micro_batch_size": args.batch[0],
-        "warmup_steps": args.warmup[0],
-        "backend": args.backend,
-        "backend_options": backend_options,
-        "resources": resources,
-        "max_restarts": args.max_restarts,
-    }
-    if args.run_name:
-        fields["run_name"] = args.run_name
+    fields["dataset_uri"] = resolve_dataset_uri(args.dataset)
+    fields.update({name: getattr(args, flag) for name, flag in FLAG_FIELDS.items() if getattr(args, flag) is not None})
+    fields.update({name: getattr(args, flag)[0] for name, flag in SWEPT_FLAGS.items() if getattr(args, flag)})
+    given = {name: getattr(args, flag) for name, flag in RESOURCE_FLAGS.items() if getattr(args, flag) is not None}
+    if given:
+        fields["resources"] = {**(fields.get("resources") or {}), **given}
+    if args.backend_options is not None:
+        try:
+            fields["backend_options"] = json.loads(args.backend_options)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--backend-options is not JSON: {exc}") from exc
     return fields
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from flows.cli import validation_message
     from flows.sweep import SweepParameters, sweep
     from flows.train import TrainParameters, train
 
-    is_sweep = len(args.lr) > 1 or len(args.batch) > 1 or len(args.warmup) > 1 or args.random_trials
+    swept = {name: getattr(args, flag) for name, flag in SWEPT_FLAGS.items() if getattr(args, flag)}
+    is_sweep = any(len(values) > 1 for values in swept.values()) or args.random_trials
     try:
         params = TrainParameters(**train_parameters(args))
         if is_sweep:
             search = {"search": "random", "trials": args.random_trials} if args.random_trials else {}
-            sweep_params = SweepParameters(
-                base=params, lr=args.lr, micro_batch_size=args.batch, warmup_steps=args.warmup, **search
-            )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise CommandError(f"{'.'.join(str(p) for p in first['loc']) or 'parameters'}: {first['msg']}") from exc
+            grid = {name: swept.get(name) or [getattr(params, name)] for name in SWEPT_FLAGS}
+            sweep_params = SweepParameters(base=params, **grid, **search)
+    except (ValidationError, ValueError) as exc:
+        raise CommandError(validation_message(exc) if isinstance(exc, ValidationError) else str(exc)) from exc
     if is_sweep:
         result = sweep(params=sweep_params)
         print(json.dumps({"best": result["best"], "trials": result["trials"]}, indent=1, default=str))
         return 0
     result = train(params=params)
     print(f"run {params.run_name}: {len(result['restarts'])} restart(s)")
-    for key in ("report", "loss_curve", "checkpoint", "hf_model", "run_dir"):
+    for key in ("report", "checkpoint", "hf_model", "run_dir"):
         print(f"  {key}: {result[key]}")
+    for title, uri in result["plots"].items():
+        print(f"  plot ({title.lower()}): {uri}")
     return 0

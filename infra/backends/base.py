@@ -6,6 +6,7 @@ Slurm and Kubernetes are interchangeable.
 from __future__ import annotations
 
 import enum
+import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,22 +17,25 @@ JOB_ID_ENV = "TOKENMILL_JOB_ID"
 
 
 class Phase(str, enum.Enum):
-    PENDING = "PENDING"
+    PENDING = "PENDING"  # queued, scheduling, pulling images: not running any rank yet
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    EXITED = "EXITED"  # finished, but the backend cannot tell how (a local job adopted from another process)
 
     @property
     def finished(self) -> bool:
-        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED)
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED, Phase.EXITED)
 
 
 @dataclass(frozen=True)
 class JobState:
     phase: Phase
     exit_code: int | None = None
-    reason: str = ""
+    reason: str = ""  # for PENDING: why it waits (Slurm's Reason, pod events); when finished: how it ended
+    time_limit: bool = False  # ended by a time limit or a preemption: not a failure of the job itself
+    never_starts: bool = False  # PENDING for a reason that waiting will not cure (a bad partition, image, secret)
 
     @property
     def finished(self) -> bool:
@@ -61,10 +65,23 @@ class JobSpec:
     def __post_init__(self) -> None:
         if not self.command:
             raise ValueError("JobSpec.command must not be empty")
-        if self.nodes < 1 or self.procs_per_node < 1:
-            raise ValueError("nodes and procs_per_node must be at least 1")
         if not self.name or not all(ch.isalnum() or ch in "-_." for ch in self.name):
             raise ValueError(f"job name must be non-empty letters, digits, '-', '_' or '.': {self.name!r}")
+        # Backends put these into sbatch options and manifests: exact types, never strings.
+        counts = {"nodes": 1, "procs_per_node": 1, "cpus_per_node": 1, "gpus_per_node": 0, "time_limit_s": 1}
+        for key, minimum in counts.items():
+            value = getattr(self, key)
+            if value is None and key in ("cpus_per_node", "time_limit_s"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"JobSpec.{key}: {value!r} is not an integer >= {minimum}")
+        memory = self.memory_gb
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or not 0 < memory < math.inf):
+            raise ValueError(f"JobSpec.memory_gb: {memory!r} is not a positive number")
+        if not all(isinstance(arg, str) for arg in self.command):
+            raise ValueError(f"JobSpec.command: every argument must be a string: {self.command!r}")
+        if not all(isinstance(key, str) and isinstance(value, str) for key, value in self.env.items()):
+            raise ValueError("JobSpec.env: names and values must be strings")
 
     @property
     def world_size(self) -> int:
@@ -109,8 +126,10 @@ class JobBackend(ABC):
     def logs(self, handle: JobHandle, since: int = 0) -> LogChunk: ...
 
     @abstractmethod
-    def cancel(self, handle: JobHandle) -> None:
-        """Stop every process of the job; returns once none is left (or the scheduler has it)."""
+    def cancel(self, handle: JobHandle) -> str | None:
+        """Stop every process of the job; returns once none is left, or with a note saying
+        what is still going on (a Slurm job still COMPLETING: the scheduler has it). Never
+        raises for a job that is slow to go: the caller goes on (restarts, fails, reports)."""
 
 
 def read_log_file(path: str, since: int) -> LogChunk:

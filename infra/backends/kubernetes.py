@@ -1,10 +1,18 @@
-"""Run a job on Kubernetes: a headless Service plus an Indexed batch/v1 Job rendered from
-infra/k8s/train-job.yaml.j2 (one torchrun per pod, c10d rendezvous on pod 0), created and
-polled with the `kubernetes` client.
+"""Run a job on Kubernetes: a headless Service plus an Indexed batch/v1 Job (one torchrun per
+pod, c10d rendezvous on pod 0), built as Python dicts and sent to the API with the
+`kubernetes` client as objects: no manifest is ever text with user values pasted in.
+
+Every option (image, namespace, service account, Secret, volume claim, mount path) may come
+from flow parameters, so each is checked against the pattern its Kubernetes field allows
+(pipeline/names.py) before it is used. Pods run as the unprivileged user of the trainer
+image with a read-only root filesystem, no capabilities, no privilege escalation, the
+RuntimeDefault seccomp profile and no API token: they satisfy the `restricted` Pod Security
+Standard of the training namespace (infra/k8s/namespace.yaml).
 
 The run directory must lie on the shared volume (`volume_claim`, mounted at `mount_path`) so
 that the flow can read metrics, heartbeats and checkpoints. Credentials reach the pods from
-a Secret (`secret_name`); they are removed from the rendered environment.
+a Secret (`secret_name`, the training identity of infra/policies/); they are removed from
+the job's inline environment.
 """
 
 from __future__ import annotations
@@ -13,19 +21,23 @@ import re
 import time
 import uuid
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import jinja2
-import yaml
-
 from infra.backends.base import JOB_ID_ENV, JobBackend, JobHandle, JobSpec, JobState, LogChunk, Phase
+from pipeline import names
 from pipeline.settings import ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_SESSION_TOKEN
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "k8s" / "train-job.yaml.j2"
 SECRET_ENV = {ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_SESSION_TOKEN}
 RDZV_PORT = 29500
 JOB_LABEL = "tokenmill.job"
+# The unprivileged user of docker/Dockerfile.trainer, and the folders it writes besides the
+# run volume (its home for library caches, DeepSpeed's TORCH_EXTENSIONS_DIR): with a
+# read-only root filesystem each is an emptyDir, bounded so that a job cannot fill the
+# node's disk under other tenants' pods. name -> (mount path, size limit)
+TRAINER_UID = 10001
+TRAINER_HOME = "/home/tokenmill"
+TORCH_EXTENSIONS_DIR = "/var/cache/torch_extensions"
+SCRATCH_MOUNTS = {"tmp": ("/tmp", "20Gi"), "home": (TRAINER_HOME, "4Gi"), "torch-extensions": (TORCH_EXTENSIONS_DIR, "4Gi")}
 
 
 def k8s_name(name: str) -> str:
@@ -37,47 +49,201 @@ def k8s_name(name: str) -> str:
     return f"{base[:50].rstrip('-')}-{uuid.uuid4().hex[:6]}"
 
 
+def validated_options(
+    *,
+    image: str,
+    namespace: str,
+    volume_claim: str,
+    mount_path: str,
+    secret_name: str,
+    service_account: str | None,
+) -> dict[str, Any]:
+    """The backend's options, each checked against what its manifest field allows; raises
+    InvalidName naming the option."""
+    return {
+        "image": names.image_reference(image, "backend_options.image"),
+        "namespace": names.dns1123_label(namespace, "backend_options.namespace"),
+        "volume_claim": names.dns1123_subdomain(volume_claim, "backend_options.volume_claim"),
+        "mount_path": names.absolute_path(mount_path, "backend_options.mount_path"),
+        "secret_name": names.dns1123_subdomain(secret_name, "backend_options.secret_name"),
+        "service_account": (
+            names.dns1123_subdomain(service_account, "backend_options.service_account") if service_account is not None else None
+        ),
+    }
+
+
+def pull_policy(image: str) -> str:
+    """A digest names one image for good, so a node's copy may be used; a tag can move, and a
+    cached image must not be used without the pull credentials check of the registry."""
+    return "IfNotPresent" if "@sha256:" in image else "Always"
+
+
+def _resources(spec: JobSpec) -> dict[str, dict[str, str]]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.cpus_per_node is not None:
+        requests["cpu"] = str(spec.cpus_per_node)
+    if spec.memory_gb is not None:
+        requests["memory"] = limits["memory"] = f"{int(spec.memory_gb * 1024)}Mi"
+    if spec.gpus_per_node:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpus_per_node)
+    return {"requests": requests, "limits": limits}
+
+
+def _env(spec: JobSpec, job_name: str) -> list[dict[str, str]]:
+    env = [{"name": JOB_ID_ENV, "value": job_name}]
+    for key, value in sorted(spec.env.items()):
+        if key in SECRET_ENV:
+            continue
+        env.append({"name": names.env_name(key, f"env name {key!r}"), "value": value})
+    return env
+
+
 def render_manifests(
     spec: JobSpec,
     *,
     job_name: str,
     image: str,
-    namespace: str = "default",
+    namespace: str = "tokenmill-training",
     volume_claim: str = "tokenmill-runs",
     mount_path: str = "/runs",
-    secret_name: str = "tokenmill-storage",
+    secret_name: str = "tokenmill-training-storage",
     service_account: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The Service and Job as dicts (the order they are created in)."""
-    if not (spec.run_dir == mount_path or spec.run_dir.startswith(mount_path.rstrip("/") + "/")):
-        raise ValueError(f"run_dir {spec.run_dir} is not on the shared volume mounted at {mount_path}")
-    template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(TEMPLATE.read_text())
-    text = template.render(
-        name=job_name,
-        namespace=namespace,
-        nodes=spec.nodes,
-        procs_per_node=spec.procs_per_node,
-        cpus_per_node=spec.cpus_per_node,
-        gpus_per_node=spec.gpus_per_node,
-        memory_mi=int(spec.memory_gb * 1024) if spec.memory_gb else None,
-        time_limit_s=spec.time_limit_s,
+    """The Service and Job as dicts (the order they are created in). JobSpec guarantees its
+    counts are integers and its command and env strings; every other value is checked here."""
+    opts = validated_options(
         image=image,
-        run_dir=spec.run_dir,
-        command=spec.command,
-        env={k: v for k, v in spec.env.items() if k not in SECRET_ENV},
-        secret_name=secret_name,
-        service_account=service_account,
+        namespace=namespace,
         volume_claim=volume_claim,
         mount_path=mount_path,
-        rdzv_port=RDZV_PORT,
-        job_id_env=JOB_ID_ENV,
+        secret_name=secret_name,
+        service_account=service_account,
     )
-    return [doc for doc in yaml.safe_load_all(text) if doc]
+    job_name = names.dns1123_label(job_name, "job name")
+    run_dir = names.absolute_path(spec.run_dir, "run_dir")
+    mount_path = opts["mount_path"]
+    if not (run_dir == mount_path or run_dir.startswith(mount_path.rstrip("/") + "/")):
+        raise ValueError(f"run_dir {run_dir} is not on the shared volume mounted at {mount_path}")
+    nodes, procs = spec.nodes, spec.procs_per_node
+    labels = {"app.kubernetes.io/name": "tokenmill-train", "app.kubernetes.io/part-of": "tokenmill", JOB_LABEL: job_name}
+    metadata = {"name": job_name, "namespace": opts["namespace"], "labels": labels}
+
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_LABEL: job_name},
+            "ports": [{"name": "rendezvous", "port": RDZV_PORT, "targetPort": RDZV_PORT}],
+        },
+    }
+    container = {
+        "name": "trainer",
+        "image": opts["image"],
+        "imagePullPolicy": pull_policy(opts["image"]),
+        "workingDir": run_dir,
+        "command": [
+            "python",
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={nodes}",
+            f"--nproc_per_node={procs}",
+            "--max_restarts=0",
+            f"--rdzv_id={job_name}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={job_name}-0.{job_name}:{RDZV_PORT}",
+            *spec.command,
+        ],
+        "ports": [{"name": "rendezvous", "containerPort": RDZV_PORT}],
+        "env": _env(spec, job_name),
+        "envFrom": [{"secretRef": {"name": opts["secret_name"]}}],
+        "resources": _resources(spec),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "runs", "mountPath": mount_path},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            *({"name": name, "mountPath": path} for name, (path, _) in SCRATCH_MOUNTS.items()),
+        ],
+    }
+    pod: dict[str, Any] = {
+        "subdomain": job_name,
+        "restartPolicy": "Never",
+        # The ranks never call the Kubernetes API, and need no Service variables.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            # A large shared run volume is not chowned file by file at every start.
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "runs", "persistentVolumeClaim": {"claimName": opts["volume_claim"]}},
+            # torch's data loader workers and gloo/NCCL share tensors through /dev/shm (64 MiB by default).
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            *({"name": name, "emptyDir": {"sizeLimit": size}} for name, (_, size) in SCRATCH_MOUNTS.items()),
+        ],
+    }
+    if opts["service_account"] is not None:
+        pod["serviceAccountName"] = opts["service_account"]
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": nodes,
+        "parallelism": nodes,
+        # Restarting is the training flow's job.
+        "backoffLimit": 0,
+        "ttlSecondsAfterFinished": 86400,
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    }
+    if spec.time_limit_s is not None:
+        job_spec["activeDeadlineSeconds"] = spec.time_limit_s
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+    return [service, job]
+
+
+# Container waiting reasons that no amount of waiting cures: the image name is malformed, a
+# referenced Secret/ConfigMap key is missing, the pull policy forbids pulling.
+NEVER_STARTS = {"InvalidImageName", "CreateContainerConfigError", "ErrImageNeverPull"}
+
+
+def pending_reason(pods: list[Any]) -> tuple[str, bool]:
+    """Why the job's pods are not running yet, from what the API server already reports on
+    each pod (no Event access needed): the scheduler's Unschedulable message ('0/3 nodes are
+    available: 3 Insufficient nvidia.com/gpu'), an image pull or container config error.
+    Returns (reason, never_starts)."""
+    reasons, never = [], False
+    for pod in pods:
+        status = pod.status
+        if status is None:
+            continue
+        index = (pod.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index", "?") if pod.metadata else "?"
+        for cond in status.conditions or []:
+            if cond.type == "PodScheduled" and cond.status == "False":
+                reasons.append(f"pod {index}: {cond.reason or 'not scheduled'}: {cond.message or ''}".rstrip(": "))
+        for cs in status.container_statuses or []:
+            waiting = cs.state.waiting if cs.state else None
+            if waiting is not None and waiting.reason and waiting.reason != "ContainerCreating":
+                reasons.append(f"pod {index}: {waiting.reason}: {waiting.message or ''}".rstrip(": "))
+                never = never or waiting.reason in NEVER_STARTS
+    return "; ".join(dict.fromkeys(reasons)), never
 
 
 def state_from(job: Any, pods: list[Any]) -> JobState:
     """Job state from a V1Job and its V1Pods: the Job's conditions decide; a terminated
-    container supplies the exit code."""
+    container supplies the exit code, pending pods the reason they wait."""
     exit_code = None
     for pod in pods:
         for cs in (pod.status.container_statuses or []) if pod.status else []:
@@ -91,13 +257,17 @@ def state_from(job: Any, pods: list[Any]) -> JobState:
         if cond.type == "Complete":
             return JobState(Phase.SUCCEEDED, exit_code if exit_code is not None else 0)
         if cond.type == "Failed":
-            return JobState(Phase.FAILED, exit_code, f"{cond.reason or 'Failed'}: {cond.message or ''}".strip(": "))
+            reason = f"{cond.reason or 'Failed'}: {cond.message or ''}".strip(": ")
+            # activeDeadlineSeconds (the job's time limit) ends it with reason DeadlineExceeded.
+            return JobState(Phase.FAILED, exit_code, reason, time_limit=cond.reason == "DeadlineExceeded")
     if status.active:
-        running = any(pod.status and pod.status.phase == "Running" for pod in pods)
-        return JobState(Phase.RUNNING if running else Phase.PENDING)
+        if any(pod.status and pod.status.phase == "Running" for pod in pods):
+            return JobState(Phase.RUNNING)
+        reason, never = pending_reason(pods)
+        return JobState(Phase.PENDING, None, reason, never_starts=never)
     if status.failed:
         return JobState(Phase.FAILED, exit_code, f"{status.failed} pod(s) failed")
-    return JobState(Phase.PENDING)
+    return JobState(Phase.PENDING, None, "job created, no pod yet")
 
 
 class KubernetesBackend(JobBackend):
@@ -107,20 +277,24 @@ class KubernetesBackend(JobBackend):
         self,
         *,
         image: str,
-        namespace: str = "default",
+        namespace: str = "tokenmill-training",
         volume_claim: str = "tokenmill-runs",
         mount_path: str = "/runs",
-        secret_name: str = "tokenmill-storage",
+        secret_name: str = "tokenmill-training-storage",
         service_account: str | None = None,
         kubeconfig: str | None = None,
     ):
-        self.image = image
-        self.namespace = namespace
-        self.volume_claim = volume_claim
-        self.mount_path = mount_path
-        self.secret_name = secret_name
-        self.service_account = service_account
-        self.kubeconfig = kubeconfig
+        # Options may come from flow parameters (backend_options): checked before any use.
+        self.options = validated_options(
+            image=image,
+            namespace=namespace,
+            volume_claim=volume_claim,
+            mount_path=mount_path,
+            secret_name=secret_name,
+            service_account=service_account,
+        )
+        self.namespace = self.options["namespace"]
+        self.kubeconfig = names.absolute_path(kubeconfig, "backend_options.kubeconfig") if kubeconfig is not None else None
         self._apis: tuple[Any, Any] | None = None
 
     def _clients(self):
@@ -135,16 +309,7 @@ class KubernetesBackend(JobBackend):
         return self._apis
 
     def manifests(self, spec: JobSpec, job_name: str) -> list[dict[str, Any]]:
-        return render_manifests(
-            spec,
-            job_name=job_name,
-            image=self.image,
-            namespace=self.namespace,
-            volume_claim=self.volume_claim,
-            mount_path=self.mount_path,
-            secret_name=self.secret_name,
-            service_account=self.service_account,
-        )
+        return render_manifests(spec, job_name=job_name, **self.options)
 
     def submit(self, spec: JobSpec) -> JobHandle:
         job_name = k8s_name(spec.name)
@@ -184,7 +349,7 @@ class KubernetesBackend(JobBackend):
         stamped.sort()
         return LogChunk([line for _, line in stamped], max([since] + [m for m, _ in stamped]))
 
-    def cancel(self, handle: JobHandle) -> None:
+    def cancel(self, handle: JobHandle) -> str | None:
         from kubernetes.client import V1DeleteOptions
         from kubernetes.client.exceptions import ApiException
 
@@ -201,8 +366,11 @@ class KubernetesBackend(JobBackend):
                 if exc.status != 404:
                     raise
         deadline = time.monotonic() + 120
-        while self._pods(handle) and time.monotonic() < deadline:
+        while pods := self._pods(handle):
+            if time.monotonic() >= deadline:
+                return f"job {handle.job_id} deleted; {len(pods)} pod(s) still terminating after 120s (Kubernetes will remove them)"
             time.sleep(1)
+        return None
 
 
 def _micros(stamp: str) -> int:

@@ -85,10 +85,12 @@ class LocalBackend(JobBackend):
 
     def status(self, handle: JobHandle) -> JobState:
         proc = self._launched.get(handle.job_id)
-        if proc is None:
+        if proc is None:  # adopted: started by another (possibly dead) process
             if _launcher(handle) is not None:
                 return JobState(Phase.RUNNING)
-            return JobState(Phase.FAILED, None, "launcher not running (started by another process; exit code unknown)")
+            if handle.job_id in self._cancelled:
+                return JobState(Phase.CANCELLED, None, "cancelled")
+            return JobState(Phase.EXITED, None, "launcher exited (started by another process: exit code unknown)")
         code = proc.poll()
         if code is None:
             return JobState(Phase.RUNNING)
@@ -103,7 +105,7 @@ class LocalBackend(JobBackend):
     def logs(self, handle: JobHandle, since: int = 0) -> LogChunk:
         return read_log_file(handle.log_path, since)
 
-    def cancel(self, handle: JobHandle) -> None:
+    def cancel(self, handle: JobHandle) -> str | None:
         with self._lock:
             self._cancelled.add(handle.job_id)
         deadline = time.monotonic() + TERMINATE_GRACE_S
@@ -125,6 +127,7 @@ class LocalBackend(JobBackend):
         proc = self._launched.get(handle.job_id)
         if proc is not None:
             proc.wait()  # reap, so no zombie is left behind
+        return None
 
 
 def _launcher(handle: JobHandle) -> psutil.Process | None:

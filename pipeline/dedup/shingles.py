@@ -1,9 +1,11 @@
 """Text normalisation and word n-gram shingle hashes, vectorised over whole Arrow arrays.
 
 Normalisation (the same for exact and near-duplicate detection): Unicode NFKC, lower case,
-then every separator character (Unicode categories P*, S*, Z* and control characters Cc:
-punctuation, symbols, all whitespace) becomes a space. The words of a document are the
-non-empty runs between spaces, so "Don't—STOP!" and "don t stop" have the same words.
+invisible format characters (category Cf: soft hyphen, zero-width space/joiners, BOM, bidi
+marks, word joiner) deleted, then every separator character (categories P*, S*, Z* and
+control characters Cc: punctuation, symbols, all whitespace) becomes a space. The words of a
+document are the non-empty runs between spaces, so "Don't—STOP!" and "don t stop" have the
+same words, and "dedupli\u00adcation" is "deduplication".
 
 A shingle is `ngram` consecutive words; a document with fewer words than `ngram` (but at least
 one) is one shingle of all its words, so short documents still get a signature; a document
@@ -60,16 +62,24 @@ def is_separator(ch: str) -> bool:
     return category[0] in "PSZ" or category == "Cc"
 
 
+def is_invisible(ch: str) -> bool:
+    """Format characters (Cf), which render as nothing: deleted, so they cannot split a word."""
+    return unicodedata.category(ch) == "Cf"
+
+
 _ASCII_SEPARATOR = np.array([is_separator(chr(c)) for c in range(128)] + [False] * 128)
+KEEP, SEPARATOR, INVISIBLE = 0, 1, 2
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _is_separator_code(code: int) -> bool:
-    return is_separator(chr(code))
+def _char_class(code: int) -> int:
+    ch = chr(code)
+    return INVISIBLE if is_invisible(ch) else SEPARATOR if is_separator(ch) else KEEP
 
 
 def _fold_separators(texts: pa.LargeStringArray) -> pa.LargeStringArray:
-    """Every separator character's bytes become spaces (lengths, hence offsets, unchanged).
+    """Every separator character's bytes become spaces and every invisible character's bytes
+    are deleted (offsets shift only when something was deleted).
 
     ASCII goes through a 256-entry table; multi-byte characters are decoded in numpy and only
     the distinct code points of the batch are classified in Python."""
@@ -89,19 +99,29 @@ def _fold_separators(texts: pa.LargeStringArray) -> pa.LargeStringArray:
             np.where(length == 3, ((b0 & 0x0F) << 12) | (b1 << 6) | b2, ((b0 & 0x07) << 18) | (b1 << 12) | (b2 << 6) | b3),
         )
         distinct, inverse = np.unique(code, return_inverse=True)
-        flags = np.fromiter((_is_separator_code(int(c)) for c in distinct), dtype=bool, count=len(distinct))[inverse]
+        classes = np.fromiter((_char_class(int(c)) for c in distinct), dtype=np.int8, count=len(distinct))[inverse]
+        invisible = classes == INVISIBLE
         for k in range(4):
-            sep[leads[flags & (length > k)] + k] = True
+            sep[leads[(classes == SEPARATOR) & (length > k)] + k] = True
+        if invisible.any():
+            delete = np.zeros(len(data), bool)
+            for k in range(4):
+                delete[leads[invisible & (length > k)] + k] = True
     folded = np.where(sep, np.uint8(0x20), data)
     new_offsets = (offsets - lo).astype(np.int64)
+    if leads.size and invisible.any():
+        deleted_before = np.concatenate([[0], np.cumsum(delete)])
+        new_offsets -= deleted_before[new_offsets]
+        folded = folded[~delete]
     return pa.LargeStringArray.from_buffers(
         len(texts), pa.py_buffer(new_offsets.tobytes()), pa.py_buffer(folded.tobytes()), texts.buffers()[0], texts.null_count, 0
     )
 
 
 def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.LargeStringArray:
-    """NFKC, lower case, and every separator character replaced by spaces: the words of a
-    document are the non-empty runs between spaces. Nulls become empty documents."""
+    """NFKC, lower case, invisible characters deleted and every separator character replaced
+    by a space: the words of a document are the non-empty runs between spaces. Nulls become
+    empty documents."""
     texts = pc.fill_null(texts, "")
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
@@ -116,7 +136,7 @@ def words_of(text: str) -> list[str]:
     # Arrow lower-cases with Unicode's simple (one character to one) mapping, without the
     # context rules of str.lower (final sigma) or its multi-character results (U+0130).
     lowered = "".join(ch.lower()[:1] for ch in unicodedata.normalize("NFKC", text))
-    return "".join(" " if is_separator(ch) else ch for ch in lowered).split()
+    return "".join(" " if is_separator(ch) else ch for ch in lowered if not is_invisible(ch)).split()
 
 
 @dataclass

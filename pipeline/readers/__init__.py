@@ -7,7 +7,13 @@ local paths, gzip (incl. one member per record) and zstd, into DOCUMENT_SCHEMA t
     reader.stats                      # records, documents, skipped{kind}, quarantined{reason}, bytes_read
 
 Nothing bad in an input stops a read: each damaged or unusable record becomes one
-quarantine row with its offset and a reason code (see docs/extraction.md for the list).
+quarantine row with its offset and a reason code, a short stable snake_case string
+(docs/extraction.md has the table): truncated_gzip, corrupt_zstd, truncated_record,
+bad_warc_header, bad_content_length, bad_http, bad_content_encoding, non_html, invalid_utf8,
+invalid_encoding, oversize, bad_json, missing_text, empty_text, empty_input, wrong_schema,
+corrupt_parquet. Only storage errors escape (to be retried). Every reader normalises text the
+same way (`base.clean_text`, vectorised): CR LF and CR become LF, other control characters
+except tab are removed.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.html import HTMLTree
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+# Python text codecs that are escapes or transfer syntaxes, not encodings a web page declares:
+# decoding with them interprets markup (`\\u...`, `+...-`) and can make lone surrogates.
+NOT_PAGE_ENCODINGS = frozenset({"utf-7", "unicode-escape", "raw-unicode-escape", "punycode", "idna", "undefined"})
 EXTRACTOR = "resiliparse-main"
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]{1,40})""", re.I)
 
@@ -121,7 +124,9 @@ def check_html(mime: str | None, body: bytes) -> None:
 
 def decode_html(body: bytes, http_charset: str | None) -> tuple[str, str]:
     """Decode with the declared charset (HTTP header, else <meta>, else UTF-8), strictly: a
-    page that does not decode as it declares is quarantined rather than guessed at."""
+    page that does not decode as it declares is quarantined rather than guessed at. Labels
+    that name no text encoding (unknown, or codecs such as rot13/base64) fall back to UTF-8,
+    as browsers do."""
     charset = http_charset
     if not charset:
         m = _META_CHARSET.search(body, 0, 4096)
@@ -129,16 +134,21 @@ def decode_html(body: bytes, http_charset: str | None) -> tuple[str, str]:
     name = "utf-8"
     if charset:
         try:
-            name = codecs.lookup(charset).name
+            codec = codecs.lookup(charset)
         except LookupError:
-            name = "utf-8"  # an unknown label: browsers fall back too
+            codec = None
+        if codec is not None and codec._is_text_encoding and codec.name not in NOT_PAGE_ENCODINGS:
+            name = codec.name
     if name in ("ascii", "us-ascii"):
         name = "utf-8"  # pages labelled ASCII are UTF-8 in practice (a superset)
     try:
-        return body.decode(name), name
-    except UnicodeDecodeError as exc:
-        raise PayloadError("invalid_utf8" if name == "utf-8" else "invalid_encoding",
-                           f"payload is not valid {name} at byte {exc.start} ({exc.reason})") from exc
+        html = body.decode(name)
+        if name != "utf-8":
+            html.encode("utf-8")  # a lone surrogate from any codec would fail the whole batch later
+    except UnicodeError as exc:
+        where = f"at byte {exc.start} ({exc.reason})" if isinstance(exc, UnicodeDecodeError) else f"({exc})"
+        raise PayloadError("invalid_utf8" if name == "utf-8" else "invalid_encoding", f"payload is not valid {name} {where}") from exc
+    return html, name
 
 
 def extract_text(html: str) -> str:

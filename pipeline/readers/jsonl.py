@@ -1,5 +1,13 @@
 """JSON Lines → documents. `text` is required; known fields map to schema columns; every
-other field is kept in the `metadata` JSON (merged with a `metadata` object if there is one)."""
+other field is kept in the `metadata` JSON (merged with a `metadata` object if there is one).
+
+Lenient where the meaning is clear: a UTF-8 byte order mark before the first line is dropped,
+raw control characters inside strings are accepted (the text is normalised afterwards) and
+the non-JSON constants NaN/Infinity read as null. A line is quarantined when it is not UTF-8
+(`invalid_utf8`, also for escaped lone surrogates anywhere in the object), not a JSON object
+or nested too deep to parse (`bad_json`), has no string `text` (`missing_text`), or no text
+once stripped (`empty_text`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,12 @@ from pipeline.readers.streams import ByteReader, StreamBreak
 # object; a record's own "source" field is kept in metadata.
 TIMESTAMP_FIELDS = ("crawl_timestamp", "timestamp", "date", "created")
 SCALAR_FIELDS = ("url", "language", "license")
+BOM = "\ufeff"
+
+
+def _null(constant: str) -> None:
+    """NaN, Infinity, -Infinity (Python's json writes them; JSON has no such values) → null."""
+    return None
 
 
 class JsonlReader(StreamReader):
@@ -55,14 +69,19 @@ class JsonlReader(StreamReader):
 
     def _document(self, line: bytes, offset: int, batch: DocumentBatch) -> bool:
         try:
-            line.decode("utf-8")
+            decoded = line.decode("utf-8")
         except UnicodeDecodeError as exc:
             self.quarantine(offset, "invalid_utf8", f"line is not valid UTF-8 at byte {exc.start} ({exc.reason})", raw=line)
             return False
+        if offset == 0 and decoded.startswith(BOM):
+            decoded = decoded[1:]
         try:
-            row = json.loads(line)
+            row = json.loads(decoded, strict=False, parse_constant=_null)
         except ValueError as exc:
             self.quarantine(offset, "bad_json", f"not a JSON value: {exc}", raw=line)
+            return False
+        except RecursionError:
+            self.quarantine(offset, "bad_json", "JSON nested too deep to parse", raw=line)
             return False
         if not isinstance(row, dict):
             self.quarantine(offset, "bad_json", f"a JSON {type(row).__name__}, not an object", raw=line)
@@ -72,11 +91,12 @@ class JsonlReader(StreamReader):
             self.quarantine(offset, "missing_text", "no string field `text`" if text is None else f"`text` is a {type(text).__name__}, not a string", raw=line)
             return False
         # JSON \ud800-style escapes can make lone surrogates, which are not encodable text.
-        if b"\\ud" in line or b"\\uD" in line:
+        if "\\ud" in decoded or "\\uD" in decoded:
             try:
                 text.encode("utf-8")
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
             except UnicodeEncodeError as exc:
-                self.quarantine(offset, "invalid_utf8", f"`text` holds an unpaired surrogate at character {exc.start}", raw=line)
+                self.quarantine(offset, "invalid_utf8", f"an unpaired surrogate ({exc.object[exc.start:exc.end]!a}) in the object", raw=line)
                 return False
         text = text.strip()
         if not text:
@@ -87,11 +107,22 @@ class JsonlReader(StreamReader):
         mapped = {name: _pop_str(row, name) for name in SCALAR_FIELDS}
         mapped["crawl_timestamp"] = _pop_timestamp(row)
         mapped["language_score"] = _pop_float(row, "language_score")
+        if isinstance(given_id, (dict, list)):
+            row["id"], given_id = given_id, None  # not an id: kept in metadata
+        metadata = _metadata(row)
+        try:
+            # Encoded here, not in the batch: nesting that json.loads just managed can be too
+            # deep for json.dumps a few stack frames further down.
+            metadata_json = json.dumps(metadata, ensure_ascii=False, sort_keys=True) if metadata else None
+        except RecursionError:
+            self.quarantine(offset, "bad_json", "JSON nested too deep to encode its metadata", raw=line)
+            return False
         batch.add(
             id=str(given_id) if given_id not in (None, "") else fallback_id(self.uri, str(offset)),
             text=text,
             provenance=f"jsonl:{offset}",
-            metadata=_metadata(row),
+            offset=offset,
+            metadata=metadata_json,
             **mapped,
         )
         return True

@@ -10,7 +10,10 @@ pyarrow all stop at the first damaged member).
 
 `ByteReader` turns those pieces into readline/read/skip calls with a position, and raises
 `StreamBreak` where the data of a damaged member ends, so a parser can quarantine the record
-it was reading and carry on with the next one.
+it was reading and carry on with the next one. It remembers where every gzip member's output
+starts and how it begins, so a record parser can stop a read at the start of the next record
+when a record's declared length runs past its own member (`read`/`skip` with `stop_at`), and
+put bytes back (`unread`) to resynchronise inside data it has already read.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ READ_CHUNK = 1 << 20
 FEED = 64 << 10  # compressed bytes per decompress call (leftovers past a member end are copied)
 MAX_PIECE = 4 << 20  # bound on decompressed bytes per step: a zip bomb cannot blow memory
 MAX_RESYNC_WINDOW = 64 << 20  # compressed bytes kept from a member's start to rescan after damage
+MARK_HEAD = 16  # bytes of a member's output remembered with its start
 GZIP_MAGIC = b"\x1f\x8b\x08"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -216,7 +220,8 @@ class ByteReader:
         self._buf = b""
         self._i = 0  # read position in _buf
         self._base = 0  # decompressed position of _buf[0]
-        self._marks: list[tuple[int, int]] = []  # (decompressed position, member offset), ascending
+        # (decompressed position, member offset, first bytes of the member's output), ascending
+        self._marks: list[tuple[int, int, bytes]] = []
         self._done = False
 
     def tell(self) -> int:
@@ -228,7 +233,7 @@ class ByteReader:
         if not self._marks:
             return pos, 0
         member, start = 0, 0
-        for mark_pos, offset in self._marks:
+        for mark_pos, offset, _ in self._marks:
             if mark_pos > pos:
                 break
             member, start = offset, mark_pos
@@ -237,7 +242,7 @@ class ByteReader:
     def _forget_marks_before(self, pos: int) -> None:
         # Keep the last mark at or before pos: it locates the record being read.
         keep = 0
-        for idx, (mark_pos, _) in enumerate(self._marks):
+        for idx, (mark_pos, _, _) in enumerate(self._marks):
             if mark_pos <= pos:
                 keep = idx
         if keep:
@@ -257,7 +262,7 @@ class ByteReader:
                 continue
             end = self._base + len(self._buf)
             if event.member_offset is not None and (not self._marks or self._marks[-1][1] != event.member_offset):
-                self._marks.append((end, event.member_offset))
+                self._marks.append((end, event.member_offset, event.data[:MARK_HEAD]))
             if self._i:
                 self._buf = self._buf[self._i :] + event.data
                 self._base += self._i
@@ -273,30 +278,41 @@ class ByteReader:
 
     def readline(self, limit: int = 1 << 16) -> bytes:
         """One line including its b"\\n" (b"" at the end); at most `limit` bytes."""
+        scanned = 0  # bytes after the read position already searched for a newline
         while True:
-            nl = self._buf.find(b"\n", self._i, self._i + limit)
+            nl = self._buf.find(b"\n", self._i + scanned, self._i + limit)
             if nl >= 0:
                 line = self._buf[self._i : nl + 1]
                 self._i = nl + 1
                 return line
-            if len(self._buf) - self._i >= limit or not self._more():
-                take = min(limit, len(self._buf) - self._i)
-                line = self._buf[self._i : self._i + take]
-                self._i += take
+            scanned = min(len(self._buf) - self._i, limit)
+            if scanned >= limit or not self._more():
+                line = self._buf[self._i : self._i + scanned]
+                self._i += scanned
                 return line
 
-    def read(self, n: int) -> bytes:
-        """Up to `n` bytes (fewer only at the end)."""
-        while len(self._buf) - self._i < n and self._more():
-            pass
+    def read(self, n: int, stop_at: bytes | None = None) -> bytes:
+        """Up to `n` bytes: fewer only at the end, or, with `stop_at`, where a gzip member whose
+        output begins with `stop_at` starts (the next record, when a length is wrong)."""
+        checked = 0
+        while True:
+            if stop_at is not None:
+                checked, n = self._stop_before_member(stop_at, checked, n)
+            if len(self._buf) - self._i >= n or not self._more():
+                break
         out = self._buf[self._i : self._i + n]
         self._i += len(out)
         return out
 
-    def skip(self, n: int) -> int:
-        """Discard up to `n` bytes without keeping them; returns how many were skipped."""
+    def skip(self, n: int, stop_at: bytes | None = None) -> int:
+        """Discard up to `n` bytes without keeping them (stopping as `read` does); returns how
+        many were skipped."""
+        checked = 0
         skipped = 0
         while skipped < n:
+            if stop_at is not None:
+                checked, left = self._stop_before_member(stop_at, checked, n - skipped)
+                n = skipped + left
             avail = len(self._buf) - self._i
             if avail == 0:
                 self._base += len(self._buf)
@@ -308,6 +324,23 @@ class ByteReader:
             self._i += take
             skipped += take
         return skipped
+
+    def _stop_before_member(self, stop_at: bytes, checked: int, n: int) -> tuple[int, int]:
+        """Shorten a read of `n` bytes from here to end before the first member start not yet
+        checked (marks from index `checked` on) whose output begins with `stop_at`."""
+        here = self.tell()
+        for pos, _, head in self._marks[checked:]:
+            if here <= pos < here + n and head.startswith(stop_at):
+                return len(self._marks), pos - here
+        return len(self._marks), n
+
+    def unread(self, data: bytes) -> None:
+        """Put back `data`, which must be the bytes just read; they are read again next."""
+        if len(data) <= self._i:
+            self._i -= len(data)  # still in the buffer
+            return
+        self._base = self.tell() - len(data)
+        self._buf, self._i = data + self._buf[self._i :], 0
 
     def peek(self, n: int) -> bytes:
         while len(self._buf) - self._i < n and self._more():

@@ -51,6 +51,7 @@ class _WarcFamilyReader(StreamReader):
             url=url.strip("<>") if url else None,  # WARC/1.0 writers such as wget wrap it in <>
             crawl_timestamp=parse_timestamp(record.headers.get("warc-date")),
             provenance=f"{self.fmt}:{record.record_id or '-'}@{record.locator}",
+            offset=record.offset,
             metadata=metadata,
         )
 

@@ -9,6 +9,7 @@ accounting.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterator, Union
 
@@ -16,6 +17,9 @@ from pipeline.readers.streams import ByteReader, StreamBreak
 
 MAX_HEADER_BYTES = 64 << 10
 MAX_LINE = 16 << 10
+RECORD_START = b"WARC/1."
+SEPARATOR_PEEK = 12
+_RECORD_LINE = re.compile(rb"\nWARC/1\.[01]\r?\n")
 
 
 @dataclass
@@ -53,6 +57,7 @@ class RecordError:
 def iter_warc_records(reader: ByteReader, max_block: int) -> Iterator[Union[WarcRecord, RecordError]]:
     """Every record of a WARC stream, or a RecordError for each stretch that is not one."""
     pushed: bytes | None = None  # a version line found while resynchronising
+    rescanned = 0  # bytes put back to be parsed again after a wrong Content-Length
     while True:
         record_id = None
         offset = None
@@ -111,21 +116,66 @@ def iter_warc_records(reader: ByteReader, max_block: int) -> Iterator[Union[Warc
                 yield RecordError(offset, "bad_warc_header", f"{problem}; skipped to the next record ({skipped} bytes)", record_id, raw_head)
                 continue
             length = int(length_text)
+            block_start = reader.tell()
+            # A record never runs into a later gzip member that starts a record: stop there.
             if length > max_block:
-                got = reader.skip(length)
-                block = None
+                got, block = reader.skip(length, stop_at=RECORD_START), None
             else:
-                block = reader.read(length)
+                block = reader.read(length, stop_at=RECORD_START)
                 got = len(block)
-            if got < length:
+            stopped_at_member = got < length and reader.peek(1) != b""
+            if got == length:
+                try:
+                    whole = _ends_cleanly(reader)
+                except StreamBreak as exc:  # the next member is damaged; this record is whole
+                    yield WarcRecord(offset, inner, headers, length, block, raw_head)
+                    yield _break_error(exc.brk, reader.tell(), None)
+                    continue
+                if whole:
+                    yield WarcRecord(offset, inner, headers, length, block, raw_head)
+                    continue
+            # The block is short or does not end where the record does: resynchronise at the
+            # next record start (where the read stopped, inside the block read, or further on).
+            # Bytes are put back to be read again at most once over in all: linear time.
+            inside = _record_start_in(block) if block is not None and not stopped_at_member and rescanned <= reader.tell() else None
+            if stopped_at_member:
+                where = f"runs into the gzip member of the next record at decompressed byte {block_start + got}"
+            elif inside is not None:
+                reader.unread(block[inside:])
+                rescanned += len(block) - inside
+                where = f"runs into the next record at decompressed byte {block_start + inside}"
+            elif got < length:
                 yield RecordError(offset, "truncated_record", f"the stream ended {length - got} bytes before the end of the record's {length}-byte block", record_id, raw_head)
-                return
-            yield WarcRecord(offset, inner, headers, length, block, raw_head)
+                continue
+            else:
+                pushed, skipped = _resync(reader)
+                where = f"is not followed by the record separator; skipped {skipped} more bytes to the next record"
+            yield RecordError(offset, "bad_content_length", f"Content-Length {length} {where}; the read resumes there", record_id, raw_head)
         except StreamBreak as exc:
-            brk = exc.brk
-            at = brk.member_offset if brk.member_offset is not None else offset if offset is not None else reader.tell()
-            yield RecordError(at, brk.reason, brk.detail, record_id)
+            yield _break_error(exc.brk, offset if offset is not None else reader.tell(), record_id)
             pushed = None
+
+
+def _break_error(brk, fallback_offset: int, record_id: str | None) -> RecordError:
+    return RecordError(brk.member_offset if brk.member_offset is not None else fallback_offset, brk.reason, brk.detail, record_id)
+
+
+def _ends_cleanly(reader: ByteReader) -> bool:
+    """Whether the bytes after a block are the record separator (CRLF CRLF), allowing writers
+    that use fewer or bare newlines, as long as the next record or the end follows."""
+    tail = reader.peek(SEPARATOR_PEEK)
+    if tail.startswith(b"\r\n\r\n"):
+        return True
+    rest = tail.lstrip(b"\r\n")
+    if len(tail) - len(rest) > 4:
+        return False
+    return rest.startswith(RECORD_START[:5]) or (not rest and len(tail) < SEPARATOR_PEEK)
+
+
+def _record_start_in(block: bytes) -> int | None:
+    """Where the first line that starts a WARC record begins inside `block` (not at 0)."""
+    m = _RECORD_LINE.search(block)
+    return m.start() + 1 if m else None
 
 
 def _resync(reader: ByteReader) -> tuple[bytes | None, int]:
@@ -136,6 +186,6 @@ def _resync(reader: ByteReader) -> tuple[bytes | None, int]:
         line = reader.readline(MAX_LINE)
         if not line:
             return None, skipped
-        if line.startswith(b"WARC/1."):
+        if line.startswith(RECORD_START):
             return line, skipped
         skipped += len(line)

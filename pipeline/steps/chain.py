@@ -10,6 +10,7 @@ from typing import Any, Callable
 import yaml
 
 from pipeline.steps.base import Chain, Step
+from pipeline.steps.budget import CpuBudget
 
 DEFAULTS_PATH = Path(__file__).with_name("default_filters.yaml")
 
@@ -76,6 +77,12 @@ def _c4(c: dict) -> Step:
     return C4Quality(**_options(c))
 
 
+def _c4_badwords(c: dict) -> Step:
+    from pipeline.steps.c4 import C4BadWords
+
+    return C4BadWords(**_options(c))
+
+
 def _fineweb(c: dict) -> Step:
     from pipeline.steps.fineweb import FineWebQuality
 
@@ -83,13 +90,16 @@ def _fineweb(c: dict) -> Step:
 
 
 def _toxicity(c: dict) -> Step:
-    from pipeline.steps.classifier import ClassifierFilter, ensure_toxicity_model
+    from pipeline.steps.classifier import DEFAULT_MIN_WORDS, DEFAULT_THRESHOLD, ClassifierFilter, ensure_toxicity_model
 
+    unknown = sorted(set(c) - {"enabled", "model", "data", "cache_dir", "threshold", "keep", "positive_label", "min_words"})
+    if unknown:
+        raise TypeError(f"unknown options {unknown}")
     model = c.get("model") or "default"
     if model == "default":
         model = ensure_toxicity_model(c.get("cache_dir"), c.get("data"))
-    return ClassifierFilter(model, name="toxicity", threshold=c.get("threshold", 0.9), keep=c.get("keep", "below"),
-                            positive_label=c.get("positive_label"))
+    return ClassifierFilter(model, name="toxicity", threshold=c.get("threshold", DEFAULT_THRESHOLD), keep=c.get("keep", "below"),
+                            positive_label=c.get("positive_label"), min_words=c.get("min_words", DEFAULT_MIN_WORDS))
 
 
 def _blocklist(c: dict) -> Step:
@@ -109,6 +119,7 @@ BUILDERS: dict[str, Callable[[dict], Step]] = {
     "gopher_repetition": _gopher_repetition,
     "gopher_quality": _gopher_quality,
     "c4": _c4,
+    "c4_badwords": _c4_badwords,
     "fineweb": _fineweb,
     "toxicity": _toxicity,
     "blocklist": _blocklist,
@@ -119,6 +130,10 @@ BUILDERS: dict[str, Callable[[dict], Step]] = {
 def build_chain(config: dict[str, Any] | None = None) -> Chain:
     """One Step per enabled entry of `config["order"]`; None = the defaults."""
     config = load_filter_config() if config is None else config
+    budget = CpuBudget.from_config(config.get("cpu_budget"))
+    from pipeline.steps.text import refuse_unspaced_languages
+
+    refuse_unspaced_languages(config)
     steps = []
     for name in config["order"]:
         if name not in BUILDERS:
@@ -129,4 +144,6 @@ def build_chain(config: dict[str, Any] | None = None) -> Chain:
                 steps.append(BUILDERS[name](section))
             except TypeError as exc:  # an unknown option in the user's file
                 raise ValueError(f"filter config [{name}]: {exc}") from exc
+    for step in steps:
+        step.budget = budget
     return Chain(steps)

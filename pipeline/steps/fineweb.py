@@ -7,6 +7,9 @@ the published filter that produced FineWeb), over the non-blank lines split on "
 - char_dup_ratio: more than 1 % of the characters (newlines not counted) sit in lines that
   repeat an earlier line;
 - list_ratio: more than 0.3 newlines per word (whitespace-separated tokens).
+
+`reference: datatrove` is datatrove 0.10.1's FineWebQualityFilter: its TERMINAL_PUNCTUATION
+set, blank lines by `str.strip()`, and spaCy words for list_ratio (docs/filters.md).
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import pyarrow.compute as pc
 
 from pipeline.steps.base import Step
 from pipeline.steps.text import (
+    DATATROVE_TERMINALS,
     SENTENCE_TERMINALS,
+    check_reference,
+    py_strip,
     duplicate_stats,
     ends_with_any,
     first_reason,
@@ -41,9 +47,11 @@ class FineWebQuality(Step):
         short_line_length: int = 30,
         char_duplicates_ratio: float = 0.01,
         new_line_ratio: float = 0.3,
+        reference: str = "paper",
         keep_scores: bool = False,
     ):
         super().__init__()
+        self.reference = check_reference(self.name, reference)
         self.line_punct_thr = line_punct_thr
         self.line_punct_exclude_zero = line_punct_exclude_zero
         self.short_line_thr = short_line_thr
@@ -53,15 +61,21 @@ class FineWebQuality(Step):
         self.keep_scores = keep_scores
 
     def scores(self, texts) -> dict[str, np.ndarray]:
+        datatrove = self.reference == "datatrove"
         lines, offsets = split(texts, "\n")
         line_len = lengths(lines)
-        nonblank = lengths(pc.utf8_trim_whitespace(lines)) > 0
+        nonblank = lengths(py_strip(lines) if datatrove else pc.utf8_trim_whitespace(lines)) > 0
         n_lines = segment_sum(nonblank.astype(np.int64), offsets)
-        punct = ends_with_any(lines, SENTENCE_TERMINALS) & nonblank
+        punct = ends_with_any(lines, DATATROVE_TERMINALS if datatrove else SENTENCE_TERMINALS) & nonblank
         short = (line_len <= self.short_line_length) & nonblank
         _, dup_chars = duplicate_stats(lines, offsets, line_len, keep=nonblank)
         newlines = np.asarray(pc.count_substring(texts, "\n"), np.int64)
-        words = np.diff(split_words(texts)[1])
+        if datatrove:  # datatrove divides by spaCy words (pipeline/steps/spacy_words.py)
+            from pipeline.steps.spacy_words import spacy_words
+
+            words = np.diff(spacy_words(texts)[1])
+        else:
+            words = np.diff(split_words(texts)[1])
         list_ratio = safe_div(newlines, words)
         list_ratio[(words == 0) & (newlines > 0)] = np.inf
         return {

@@ -31,6 +31,77 @@ SENTENCE_TERMINALS = frozenset(
 )
 
 
+# The characters datatrove 0.10 takes as sentence-terminal (FineWeb's line rule): Unicode's
+# Sentence_Terminal as of an older Unicode, plus three Khmer signs that are not in it.
+DATATROVE_TERMINALS = (SENTENCE_TERMINALS - frozenset(
+    "\u1b4e\u1b4f\u1b7f\u2024\u2cf9\u2cfa\u2cfb\u2e60\u2e61\ufe12\ufe15\ufe16"
+    "\U000113d4\U000113d5\U00016d6e\U00016d6f"
+)) | frozenset("\u17d6\u17d9\u17da")
+# datatrove 0.10's PUNCTUATION_SET: a token made only of these is a "symbol" for Gopher's word
+# count (note the fullwidth digit one and the C0/C1 controls it holds).
+DATATROVE_PUNCTUATION = frozenset(
+    "!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';’{|∶´[=-`*．（–？！：$～«〉,><》)?）。…@_.\"}►»"
+    + "".join(map(chr, [*range(0, 9), *range(11, 13), *range(13, 32), *range(127, 160)]))
+) | DATATROVE_TERMINALS
+
+# What str.splitlines() splits on (C4 and Gopher's bullet/ellipsis lines go by it).
+LINE_BREAKS = r"\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x{85}\x{2028}\x{2029}]"
+
+# What Python's str.isspace() holds true (str.split(), str.strip() and spaCy go by it).
+PY_WHITESPACE = frozenset(
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+# The two readings of the published heuristics (docs/filters.md lists every difference).
+REFERENCES = ("paper", "datatrove")
+
+
+def check_reference(step: str, reference: str) -> str:
+    if reference not in REFERENCES:
+        raise ValueError(f"{step}: reference must be one of {list(REFERENCES)}, got {reference!r}")
+    return reference
+
+
+# Languages written without spaces between words (lid.176 labels): every rule that counts
+# whitespace-separated words (Gopher, C4, FineWeb) reads a whole sentence as one word and drops
+# nearly every such page.
+UNSPACED_LANGUAGES = ("zh", "ja", "th", "lo", "km", "my", "bo", "wuu", "yue")
+WORD_RULE_STEPS = ("gopher_repetition", "gopher_quality", "c4", "fineweb")
+
+
+def refuse_unspaced_languages(config: dict) -> None:
+    """Refuse a chain whose language allow-list admits a language written without spaces
+    while word-based rules run: they would silently drop nearly all of its documents."""
+    langid = config.get("langid") or {}
+    if "langid" not in config.get("order", []) or not langid.get("enabled", True):
+        return
+    unspaced = sorted(set(langid.get("languages") or []) & set(UNSPACED_LANGUAGES))
+    steps = [s for s in WORD_RULE_STEPS if s in config.get("order", []) and (config.get(s) or {}).get("enabled", True)]
+    if unspaced and steps:
+        raise ValueError(
+            f"filter config: langid allows {unspaced}, written without spaces between words, but {steps} count "
+            "whitespace-separated words and would drop nearly every such document. Filter these languages in a "
+            "separate chain with those steps disabled (enabled: false), or remove them from langid.languages.")
+
+
+def char_class(chars: frozenset[str]) -> str:
+    """An RE2 character class body matching exactly `chars` (every one escaped by code point)."""
+    return "".join(f"\\x{{{ord(c):x}}}" for c in sorted(chars))
+
+
+def py_strip(strings: pa.Array, side: str = "both") -> pa.Array:
+    """Python's str.strip() / lstrip() / rstrip() (whitespace as str.isspace() has it)."""
+    ws = char_class(PY_WHITESPACE)
+    pattern = {"both": f"^[{ws}]+|[{ws}]+$", "left": f"^[{ws}]+", "right": f"[{ws}]+$"}[side]
+    return pc.replace_substring_regex(strings, pattern, "")
+
+
+def py_word_counts(strings: pa.Array) -> np.ndarray:
+    """len(s.split()) for each string."""
+    return np.asarray(pc.count_substring_regex(strings, f"[^{char_class(PY_WHITESPACE)}]+"), np.int64)
+
+
 def text_column(table: pa.Table) -> pa.Array:
     """The text column as one contiguous large_string array, nulls as empty strings."""
     col = table.column("text")
@@ -57,7 +128,7 @@ def split(texts: pa.Array, pattern: str, *, regex: bool = False) -> tuple[pa.Arr
 
 
 def split_words(texts: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Whitespace-separated tokens (Unicode whitespace), the word definition of every heuristic."""
+    """Whitespace-separated tokens (Python's str.split), the word of the `paper` reading."""
     return flatten_lists(pc.utf8_split_whitespace(texts))
 
 
@@ -88,6 +159,13 @@ def last_char(strings: pa.Array) -> pa.Array:
 
 def ends_with_any(strings: pa.Array, chars: frozenset[str]) -> np.ndarray:
     return as_bool(pc.is_in(last_char(strings), value_set=pa.array(sorted(chars), pa.large_string())))
+
+
+def splitlines_count(texts: pa.Array, pieces_offsets: np.ndarray) -> np.ndarray:
+    """len(text.splitlines()) from a split on LINE_BREAKS: the split also yields an empty
+    last piece after a final line break (and one piece for empty text), splitlines does not."""
+    trailing = as_bool(pc.match_substring_regex(texts, f"(?:{LINE_BREAKS})$")) | (lengths(texts) == 0)
+    return np.diff(pieces_offsets) - trailing
 
 
 def duplicate_stats(pieces: pa.Array, offsets: np.ndarray, piece_len: np.ndarray, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

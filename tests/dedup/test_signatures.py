@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from pipeline.dedup import DedupConfig, DedupError, band_hashes, normalize, optimal_band_params, shingle_hash64, shingle_hashes, shingles, signatures, to_lean_minhash, words_of
+from pipeline.dedup import DedupConfig, DedupError, band_hashes, normalize, optimal_band_params, recall_band_params, shingle_hash64, shingle_hashes, shingles, signatures, to_lean_minhash, words_of
+from pipeline.dedup.config import candidate_probability
 from pipeline.dedup.shingles import word_hashes, xxh64_each
 from tests.dedup.corpus import web_docs
 
@@ -21,6 +22,7 @@ EDGE_CASES = [
     "Ｆｕｌｌｗｉｄｔｈ ＴＥＸＴ and ﬁ ligatures, “curly quotes” — dashes\u00a0nbsp\u3000ideographic space",
     "Größe STRASSE Ünïcödé ΣΊΣΥΦΟΣ İstanbul 😀emoji😀 tab\there\r\nnewline",
     "word " * 40,
+    "\ufeffdedupli\u00adcation of zero\u200bwidth spaces, jo\u200dined and \u2060word\u2060 joiners\u200e",
 ]
 
 
@@ -95,3 +97,30 @@ def test_band_hashes_collide_exactly_when_datasketch_buckets_do(texts):
     for i in range(len(near)):
         ours = {str(j) for j in range(len(near)) if np.any(bh[i] == bh[j])}
         assert ours == set(lsh.query(lean[i]))
+
+
+def test_invisible_characters_do_not_split_or_change_words():
+    plain = "Deduplication keeps one copy of every page"
+    hidden = "\ufeffDedupli\u00adcation keeps one\u200b copy of ev\u200dery page\u200e"
+    assert words_of(hidden) == words_of(plain) == ["deduplication", "keeps", "one", "copy", "of", "every", "page"]
+    normalized = normalize(pa.array([plain, hidden], pa.large_string()))
+    assert normalized[0].as_py().split() == normalized[1].as_py().split()
+    sh = shingle_hashes(normalized, 5)
+    assert sh.of(0).tolist() == sh.of(1).tolist()
+    assert sh.exact_hashes()[0][0] == sh.exact_hashes()[0][1]
+
+
+def test_threshold_sets_the_bands_when_candidates_are_verified():
+    """With verification the bands follow the threshold (99 % of pairs at the threshold share
+    a bucket, steepest such banding); a user threshold never keeps bands tuned for another."""
+    assert DedupConfig(num_perm=120, threshold=0.8, verify_jaccard=True).band_params == (20, 6)
+    for threshold in (0.5, 0.7, 0.9, 0.95):
+        bands, rows = DedupConfig(num_perm=120, threshold=threshold, verify_jaccard=True).band_params
+        assert candidate_probability(threshold, bands, rows) >= 0.99
+        assert candidate_probability(threshold, 120 // (rows + 1), rows + 1) < 0.99  # the steepest that reaches it
+    assert recall_band_params(0.7, 120) == (30, 4) and recall_band_params(0.9, 120) == (12, 10)
+    from pipeline.refresh import DEFAULT_DEDUP
+
+    assert DedupConfig(**{**DEFAULT_DEDUP, "threshold": 0.7}).band_params == (30, 4)
+    with pytest.raises(DedupError, match="leave bands/rows out"):
+        DedupConfig(num_perm=120, threshold=0.5, bands=10, rows=12)

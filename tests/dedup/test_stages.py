@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.dataset import DatasetVersion, read_parquet
-from pipeline.dedup import DedupConfig, DedupError, candidates_stage, clusters_stage, plan_dedup, run_dedup, signatures_stage
+from pipeline.dedup import DedupConfig, DedupError, DedupJob, REMOVALS_SCHEMA, plan_dedup, read_removals, run_dedup, signatures_stage
 from pipeline.dedup import layout
-from pipeline.dedup.stages import REMOVALS_SCHEMA
+from pipeline.dedup.representatives import DROP_SCHEMA
 from pipeline.schema import documents_from_pylist
 from pipeline.storage import join
 from tests.dedup.corpus import edit_words, jaccard, web_docs
@@ -60,9 +60,9 @@ def _write_shards(store, bucket: str, shards: list[list[dict]]) -> list[str]:
 def test_run_dedup_removes_planted_duplicates(store, bucket, corpus):
     uris = _write_shards(store, bucket, corpus["shards"])
     version = DatasetVersion(join(bucket, "deduped"), "v1", store)
-    result = run_dedup(uris, join(bucket, "work"), version, CONFIG, store)
+    result = run_dedup(uris, join(bucket, "work"), version, CONFIG)
 
-    removals = read_parquet(store, join(version.uri, "dedup", "removals.parquet"))
+    removals = read_removals(version)
     assert removals.schema.equals(REMOVALS_SCHEMA)
     got = {r["id"]: (r["representative"], r["stage"]) for r in removals.to_pylist()}
     assert got == {
@@ -80,22 +80,26 @@ def test_run_dedup_removes_planted_duplicates(store, bucket, corpus):
     # Every unit's counts add up and the audit summary matches.
     units = version.manifest().units
     assert sum(u["counts"]["kept"] for u in units.values()) == total - 3
-    assert result["clusters"]["removed"] == 3 and result["signatures"][0]["docs_without_words"] >= 0
+    assert result["audit"]["removed"] == 3 and result["audit"]["clusters"] == 3
+    # Every row travels once per verification partition, however many bands found its pairs.
+    assert 0 < sum(g["texts_sent"] for g in result["gather"]) <= 2 * sum(v["pairs_verified"] for v in result["verify"])
     assert sum(s["docs_without_words"] for s in result["signatures"]) == 2
 
 
 def test_rerun_is_skipped_and_a_fresh_run_is_byte_identical(store, bucket, corpus):
     uris = _write_shards(store, bucket, corpus["shards"])
-    config = DedupConfig(num_perm=64, threshold=0.8, hash_ranges=2)
-    first = run_dedup(uris, join(bucket, "w1"), DatasetVersion(join(bucket, "d"), "v1", store), config, store)
-    again = run_dedup(uris, join(bucket, "w1"), DatasetVersion(join(bucket, "d"), "v1", store), config, store)
-    assert all(s["skipped"] for s in again["signatures"] + again["candidates"] + again["filter"]) and again["clusters"]["skipped"]
+    config = DedupConfig(num_perm=64, threshold=0.8, hash_ranges=2, partitions=3)
+    first = run_dedup(uris, join(bucket, "w1"), DatasetVersion(join(bucket, "d"), "v1", store), config)
+    again = run_dedup(uris, join(bucket, "w1"), DatasetVersion(join(bucket, "d"), "v1", store), config)
+    per_item = ["signatures", "candidates", "gather", "verify", "attach", "choose", "filter"]
+    assert all(r["skipped"] for stage in per_item for r in again[stage])
     assert again["kept"] == first["kept"]
-    run_dedup(uris, join(bucket, "w2"), DatasetVersion(join(bucket, "d"), "v2", store), config, store)
-    for rel in ["clusters/removals.parquet", "pairs/band-000-001.parquet", "pairs/exact-000.parquet", "docs/s000002.parquet"]:
-        assert store.get_bytes(join(bucket, "w1", rel)) == store.get_bytes(join(bucket, "w2", rel)), rel
+    run_dedup(uris, join(bucket, "w2"), DatasetVersion(join(bucket, "d"), "v2", store), config)
+    w1 = {o.uri[len(join(bucket, "w1")):]: o.etag for o in store.list(join(bucket, "w1") + "/") if "/_done/" not in o.uri}
+    w2 = {o.uri[len(join(bucket, "w2")):]: o.etag for o in store.list(join(bucket, "w2") + "/") if "/_done/" not in o.uri}
+    assert w1 == w2 and any(k.startswith("/graph/") for k in w1) and any(k.startswith("/attrs/") for k in w1)
     # Without verification the far variant may or may not collide; the planted ones must go.
-    removed = set(read_parquet(store, join(bucket, "w1", "clusters/removals.parquet")).column("id").to_pylist())
+    removed = set(read_removals(DatasetVersion(join(bucket, "d"), "v1", store)).column("id").to_pylist())
     assert {"zz-exact", "zz-near", "zz-short-2"} <= removed
 
 
@@ -103,27 +107,36 @@ def test_exact_only_and_stage_order_errors(store, bucket, corpus):
     uris = _write_shards(store, bucket, corpus["shards"])
     work = join(bucket, "w")
     config = DedupConfig(minhash=False, exact=True)
+    job = DedupJob(work, config, join(bucket, "d"), "v1")
     with pytest.raises(DedupError, match="plan"):
         signatures_stage(uris[0], work, config, store)
     plan = plan_dedup(uris, work, config, store)
-    assert plan["partitions"] == ["exact-000"]
+    assert plan["candidate_groups"] == {"c0000": ["exact-000"]} and plan["partitions"] == 1
     with pytest.raises(DedupError, match="another config"):
         plan_dedup(uris, work, DedupConfig(), store)
-    signatures_stage(uris[0], work, config, store)
+    job.signatures(uris[0])
     with pytest.raises(DedupError, match="signatures stage has not finished"):
-        candidates_stage("exact-000", work, config, store)
+        job.candidates("c0000")
     for uri in uris[1:]:
-        signatures_stage(uri, work, config, store)
-    with pytest.raises(DedupError, match="candidates stage"):
-        clusters_stage(work, config, store)
-    candidates_stage("exact-000", work, config, store)
-    counts = clusters_stage(work, config, store)
+        job.signatures(uri)
+    job.candidates("c0000")
+    with pytest.raises(DedupError, match="gather stage"):
+        job.verify(0)
+    for uri in uris:
+        job.gather(uri)
+    assert job.verify(0)["pairs_verified"] == 0  # exact pairs need no comparison
+    with pytest.raises(DedupError, match="components-s000 stage"):
+        job.components((1, 0))
+    assert job.components((0, 0))["changes"] == 0 and job.components((1, 0))["changes"] == 0
+    with pytest.raises(DedupError, match="attach stage"):
+        job.choose(0)
+    job.attach((2, 0))
+    counts = job.choose(0)
     assert counts["removed_by_stage"] == {"exact": 2}
-    removals = read_parquet(store, layout.removals_uri(work))
+    removals = layout.gather(store, layout.removals_dir(work), REMOVALS_SCHEMA)
     assert sorted(removals.column("id").to_pylist()) == ["zz-exact", "zz-short-2"]
-    drops = [read_parquet(store, layout.drop_uri(work, i)).num_rows for i in range(3)]
-    assert sum(drops) == 2
     assert pc.all(pc.equal(removals.column("stage"), "exact")).as_py()
+    assert sum(layout.gather(store, join(work, "drop", layout.shard_name(i)), DROP_SCHEMA).num_rows for i in range(3)) == 2
 
 
 def test_empty_shard_and_no_duplicates(store, bucket):
@@ -135,6 +148,13 @@ def test_empty_shard_and_no_duplicates(store, bucket):
         uris.append(join(bucket, f"in/{i}.parquet"))
         store.put_bytes(uris[-1], sink.getvalue())
     version = DatasetVersion(join(bucket, "d"), "v1", store)
-    result = run_dedup(uris, join(bucket, "w"), version, DedupConfig(num_perm=32), store)
-    assert result["kept"] == 2 and result["dropped"] == {} and result["clusters"]["removed"] == 0
-    assert read_parquet(store, join(version.uri, "dedup", "removals.parquet")).num_rows == 0
+    result = run_dedup(uris, join(bucket, "w"), version, DedupConfig(num_perm=32))
+    assert result["kept"] == 2 and result["dropped"] == {} and result["audit"]["removed"] == 0
+    assert read_removals(version).num_rows == 0
+
+
+def test_stage_totals_sum_counts_but_keep_the_largest_cluster():
+    from pipeline.dedup import stage_totals
+
+    totals = stage_totals({"choose": [{"partition": 0, "largest_cluster": 3, "removed": 2, "skipped": True}, {"partition": 1, "largest_cluster": 5, "removed": 1, "skipped": False}]})
+    assert totals["choose"] == {"partitions": 2, "resumed": 1, "largest_cluster": 5, "removed": 3}

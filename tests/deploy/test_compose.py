@@ -4,8 +4,10 @@ docker/.env.example."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,17 +21,22 @@ ENV_EXAMPLE = DOCKER / ".env.example"
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|:\?|-|\?)(?P<arg>[^}]*))?\}")
 
 SERVICES = {
+    "preflight",
     "minio",
     "minio-init",
     "postgres",
     "prefect-server",
     "prefect-deploy",
+    "prefect-automations",
     "prefect-worker",
     "prefect-worker-training",
     "dask-scheduler",
     "dask-worker",
 }
-ONE_SHOT = {"minio-init", "prefect-deploy"}
+ONE_SHOT = {"preflight", "minio-init", "prefect-deploy", "prefect-automations"}
+PREFLIGHT = DOCKER / "preflight.sh"
+# Services that run with the training identity (infra/policies/minio-training.json).
+TRAINING_SERVICES = {"prefect-worker-training"}
 OUR_IMAGES = {"prefect-server", "prefect-deploy", "prefect-worker", "prefect-worker-training", "dask-scheduler", "dask-worker"}
 
 
@@ -183,9 +190,11 @@ def test_storage_is_wired_from_minio_to_every_client(services, example_env):
     for name, env in clients.items():
         endpoint = urlparse(env["TOKENMILL_S3_ENDPOINT"])
         assert (endpoint.hostname, str(endpoint.port)) == ("minio", s3_port), f"{name}: {env['TOKENMILL_S3_ENDPOINT']}"
-        # One least-privilege identity, the same variables everywhere; never MinIO's root.
-        assert raw_env[name]["AWS_ACCESS_KEY_ID"].startswith("${AWS_ACCESS_KEY_ID")
-        assert raw_env[name]["AWS_SECRET_ACCESS_KEY"].startswith("${AWS_SECRET_ACCESS_KEY")
+        # A least-privilege identity per side, never MinIO's root: the training worker (and
+        # the jobs it runs) gets the training user, every other client the pipeline user.
+        prefix = "TRAINING_" if name in TRAINING_SERVICES else "AWS_"
+        assert raw_env[name]["AWS_ACCESS_KEY_ID"].startswith(f"${{{prefix}ACCESS_KEY_ID"), name
+        assert raw_env[name]["AWS_SECRET_ACCESS_KEY"].startswith(f"${{{prefix}SECRET_ACCESS_KEY"), name
         if name != "minio-init":
             assert not any(k.startswith("MINIO_ROOT") for k in env), f"{name} must not get MinIO's root credentials"
             assert env["TOKENMILL_DATA_ROOT"].startswith("s3://")
@@ -193,7 +202,7 @@ def test_storage_is_wired_from_minio_to_every_client(services, example_env):
     assert environment(minio)["MINIO_ROOT_PASSWORD"] == environment(services["minio-init"])["MINIO_ROOT_PASSWORD"]
 
 
-def test_bucket_init_loads_the_pipeline_policy(services):
+def test_bucket_init_loads_the_pipeline_and_training_policies(services):
     init = services["minio-init"]
     mounts = {}
     for volume in init["volumes"]:
@@ -201,9 +210,14 @@ def test_bucket_init_loads_the_pipeline_policy(services):
         mounts[target] = (COMPOSE.parent / source).resolve()
         assert mounts[target].exists(), f"minio-init mounts missing {source}"
     script = mounts[init["entrypoint"][-1]].read_text()
-    policy = re.search(r"POLICY_FILE=(\S+)", script).group(1)
-    directory, _, filename = policy.rpartition("/")
-    assert (mounts[directory] / filename).exists(), f"{policy} is not in the mounted policies folder"
+    policies = dict(re.findall(r"^(\w*POLICY_FILE)=(\S+)", script, re.MULTILINE))
+    assert {p.rpartition("/")[2] for p in policies.values()} == {"minio-pipeline.json", "minio-training.json"}
+    for policy in policies.values():
+        directory, _, filename = policy.rpartition("/")
+        assert (mounts[directory] / filename).exists(), f"{policy} is not in the mounted policies folder"
+    for variable in ("AWS_ACCESS_KEY_ID", "TRAINING_ACCESS_KEY_ID"):
+        assert re.search(rf'^user_with_policy "\${variable}" ', script, re.MULTILINE), f"no user for {variable}"
+        assert variable in environment(init)
     bucket = re.search(r"^BUCKET=(\S+)", script, re.MULTILINE).group(1)
     data_root = environment(services["prefect-worker"])["TOKENMILL_DATA_ROOT"]
     assert urlparse(data_root.split(":-", 1)[-1].rstrip("}")).netloc == bucket
@@ -282,3 +296,66 @@ def test_deployments_match_the_worker_pool_and_real_flow_files(services):
         assert pool.get("name") == "tokenmill", f"{deployment['name']}: work pool {pool.get('name')!r}"
         queue = pool.get("work_queue_name") or "default"
         assert queue in queues, f"{deployment['name']}: queue {queue!r} is polled by no worker in compose"
+
+
+def required_secrets(compose_text: str) -> set[str]:
+    return {
+        m.group("name")
+        for m in INTERPOLATION.finditer(compose_text)
+        if m.group("op") in (":?", "?") and re.search(r"PASSWORD|SECRET|ACCESS_KEY|ROOT_USER", m.group("name"))
+    }
+
+
+def run_preflight(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(PREFLIGHT)], env=env, capture_output=True, text=True, timeout=30)
+
+
+STRONG = {
+    "MINIO_ROOT_USER": "admin-7f3c",
+    "MINIO_ROOT_PASSWORD": "9b1e6f0c2d4a8e7f-root",
+    "AWS_ACCESS_KEY_ID": "pipeline-user",
+    "AWS_SECRET_ACCESS_KEY": "0c5d9e1f7a3b2c4d-pipe",
+    "TRAINING_ACCESS_KEY_ID": "training-user",
+    "TRAINING_SECRET_ACCESS_KEY": "6e2f8a0b4c1d3e5f-train",
+    "POSTGRES_PASSWORD": "5a7c9e1b3d2f4a6c-pg",
+}
+
+
+def test_preflight_guards_every_secret_before_anything_stores_one(services, compose_text):
+    """Compose alone cannot refuse a value: the one-shot `preflight` checks them, and the two
+    services that persist credentials at first start (minio, postgres) wait for it."""
+    preflight = services["preflight"]
+    assert required_secrets(compose_text) == set(environment(preflight)) == set(STRONG)
+    assert all(environment(preflight)[k].startswith(f"${{{k}:?") for k in STRONG)
+    assert preflight["network_mode"] == "none"
+    assert f"./{PREFLIGHT.name}:{preflight['entrypoint'][-1]}:ro" in preflight["volumes"]
+    for name in ("minio", "postgres"):
+        assert services[name]["depends_on"]["preflight"]["condition"] == "service_completed_successfully", name
+    checked = set(re.findall(r"\b[A-Z][A-Z0-9_]+\b", PREFLIGHT.read_text())) & set(STRONG)
+    assert checked == set(STRONG)
+
+
+def test_preflight_refuses_the_example_values_and_weak_or_shared_keys(example_env):
+    refused = run_preflight({**example_env, "PATH": os.environ["PATH"]})
+    assert refused.returncode != 0
+    for name in STRONG:
+        assert f"{name} still holds the change-me placeholder" in refused.stderr, name
+    accepted = run_preflight({**STRONG, "PATH": os.environ["PATH"]})
+    assert accepted.returncode == 0, accepted.stderr
+    for change, message in [
+        ({"POSTGRES_PASSWORD": "x7Q2w9"}, "POSTGRES_PASSWORD is shorter than 16"),
+        ({"TRAINING_ACCESS_KEY_ID": STRONG["AWS_ACCESS_KEY_ID"]}, "TRAINING_ACCESS_KEY_ID equals AWS_ACCESS_KEY_ID"),
+        ({"AWS_ACCESS_KEY_ID": STRONG["MINIO_ROOT_USER"]}, "AWS_ACCESS_KEY_ID equals MINIO_ROOT_USER"),
+        ({"AWS_SECRET_ACCESS_KEY": ""}, "AWS_SECRET_ACCESS_KEY is not set"),
+        ({"MINIO_ROOT_PASSWORD": "my-Change-Me-password-123"}, "MINIO_ROOT_PASSWORD still holds the change-me"),
+    ]:
+        result = run_preflight({**STRONG, **change, "PATH": os.environ["PATH"]})
+        assert result.returncode != 0 and message in result.stderr, (change, result.stderr)
+        assert not any(v and v in result.stdout + result.stderr for v in {**STRONG, **change}.values()), "a secret was printed"
+
+
+def test_our_containers_drop_every_capability(services):
+    for name in OUR_IMAGES | {"preflight"}:
+        service = services[name]
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name

@@ -37,7 +37,7 @@ def reason(step, table) -> list:
 def toxicity_model(tmp_path_factory, shared):
     from pipeline.steps.classifier import ensure_toxicity_model
 
-    return ensure_toxicity_model(tmp_path_factory.mktemp("models"), shared / "toxicity" / "davidson_tweets.jsonl.gz")
+    return ensure_toxicity_model(tmp_path_factory.mktemp("models"), shared / "toxicity" / "jigsaw_wiki_comments.jsonl.gz")
 
 
 @pytest.fixture(scope="session")

@@ -80,6 +80,18 @@ def test_odd_inputs_never_crash(default_chain_config):
     assert out.num_rows <= len(ODD)
 
 
+def test_odd_inputs_never_crash_in_the_datatrove_reading(shared):
+    from pipeline.steps.c4 import C4BadWords, C4Quality
+    from pipeline.steps.fineweb import FineWebQuality
+    from pipeline.steps.gopher import GopherQuality, GopherRepetition
+
+    steps = [GopherRepetition(reference="datatrove"), GopherQuality(reference="datatrove"), C4Quality(reference="datatrove"),
+             FineWebQuality(reference="datatrove"), C4BadWords(lists_dir=str(shared / "toxicity" / "ldnoobw"))]
+    for step in steps:
+        out = step(docs(*ODD))
+        assert out.num_rows <= len(ODD) and step.stats.docs_in == len(ODD)
+
+
 def test_blocklist_words_and_domains():
     table = documents_from_pylist([
         {"id": "1", "text": "A perfectly fine page.", "url": "https://news.example.org/a", "source": "t"},
@@ -94,3 +106,25 @@ def test_blocklist_words_and_domains():
 def test_chain_of_no_steps_passes_through():
     table = docs("a", "b")
     assert Chain([])(table).num_rows == 2
+
+
+def test_unspaced_languages_with_word_rules_are_refused():
+    config = load_filter_config({"langid": {"languages": ["en", "zh"]}})
+    with pytest.raises(ValueError, match=r"zh.*written without spaces"):
+        build_chain(config)
+    # without the word-based steps the same allow-list is fine (steps built lazily: no model needed)
+    ok = load_filter_config({"langid": {"languages": ["en", "zh"]}, "order": ["toxicity"], "toxicity": {"enabled": False}})
+    assert build_chain(ok).steps == []
+
+
+def test_reference_option_reaches_every_heuristic_step(web_rows):
+    names = ["gopher_repetition", "gopher_quality", "c4", "fineweb"]
+    config = load_filter_config({**{n: {"reference": "datatrove"} for n in names}, "order": names})
+    chain = build_chain(config)
+    assert [s.reference for s in chain.steps] == ["datatrove"] * 4
+    table = documents_from_pylist(web_rows[:60])
+    out = chain(table)
+    assert 0 < out.num_rows < table.num_rows
+    assert all(s.stats.docs_in for s in chain.steps)
+    with pytest.raises(ValueError, match="c4: reference must be one of"):
+        build_chain(load_filter_config({"c4": {"reference": "t5"}, "order": ["c4"]}))

@@ -131,3 +131,65 @@ def test_alphabetic_words_and_stop_words():
     r = reason(GopherQuality(), docs(inside, outside, one_stop, two_stop))
     assert r == [None, "alpha_words", "stop_words", None]
     assert reason(GopherQuality(), docs(german, language="de")) == [None]  # no German list: rule skipped
+
+
+# --- the two readings (docs/filters.md): where paper and datatrove 0.10.1 differ ------------
+
+def test_reference_is_checked():
+    with pytest.raises(ValueError, match="reference must be one of"):
+        GopherQuality(reference="fineweb")
+
+
+def test_stop_words_trimmed_of_low_quotes_and_angle_quotes():
+    text = " ".join(["„the“", "‚and‘", "‹of›"] + words(60, start=300))
+    assert GopherQuality().scores(docs(text).column("text").combine_chunks(), None)["stop_words"][0] == 3
+
+
+def test_stop_words_are_case_sensitive_in_datatrove():
+    text = " ".join(["The", "And"] + words(60, start=300))
+    assert reason(GopherQuality(), docs(text)) == [None]
+    assert reason(GopherQuality(reference="datatrove"), docs(text)) == ["stop_words"]
+
+
+def test_spacy_splits_hyphenated_words_in_datatrove():
+    # 30 "x-y" compounds: 30 words by whitespace, 60 words + 30 "-" symbols for spaCy
+    compounds = [f"{a}-{b}" for a, b in zip(words(30, start=500), words(30, start=900))]
+    text = " ".join(["the", "and"] + compounds) + "."
+    assert reason(GopherQuality(), docs(text)) == ["min_words"]
+    # the "-" tokens then weigh on the alphabetic-word ratio (62 of 93 tokens)
+    assert reason(GopherQuality(reference="datatrove"), docs(text)) == ["alpha_words"]
+    assert reason(GopherQuality(reference="datatrove", min_alpha_words_ratio=0.6), docs(text)) == [None]
+
+
+def test_duplicate_ngrams_datatrove_counts_repeats_over_text_length():
+    gram = words(5, start=9000)
+    text = " ".join(gram + gram)  # 10 words of 5 letters, 59 characters
+    only = dict(top_n_grams={}, dup_n_grams={5: 0.15})
+    paper = GopherRepetition(**only).scores(docs(text).column("text").combine_chunks())
+    dt = GopherRepetition(reference="datatrove", **only).scores(docs(text).column("text").combine_chunks())
+    assert paper["dup_5_gram"][0] == pytest.approx(1.0)  # every word is covered, over word characters
+    assert dt["dup_5_gram"][0] == pytest.approx(25 / 59)  # the second occurrence only, over len(text)
+
+
+def test_datatrove_duplicate_walk_jumps_past_a_repeat():
+    # a b c a b c a b c, n = 2: the walk sees ab bc ca, then ab (repeat, +2 chars, jump 2),
+    # ca (repeat, jump), bc (repeat): 3 repeats of 2 letters = 6 characters
+    text = " ".join("abcabcabc")
+    s = GopherRepetition(reference="datatrove", top_n_grams={}, dup_n_grams={2: 1}).scores(docs(text).column("text").combine_chunks())
+    assert s["dup_2_gram"][0] == pytest.approx(6 / len(text))
+
+
+def test_top_ngram_occurring_once_counts_in_datatrove():
+    text = " ".join(words(3, start=700))  # no repeated bigram at all
+    only = dict(top_n_grams={2: 0.2}, dup_n_grams={})
+    assert reason(GopherRepetition(**only), docs(text)) == [None]
+    assert reason(GopherRepetition(reference="datatrove", **only), docs(text)) == ["top_2_gram"]  # 11/17 of the text
+
+
+def test_datatrove_alpha_ratio_counts_punctuation_tokens():
+    # spaCy splits a word's trailing full stop off as a token without a letter
+    body = ["the", "and"] + words(78, start=300)
+    fifteen = " ".join(w + "." if i % 5 == 0 else w for i, w in enumerate(body[:75])) + " " + " ".join(body[75:])
+    twenty_five = " ".join(w + "." if i % 3 == 0 else w for i, w in enumerate(body[:75])) + " " + " ".join(body[75:])
+    assert reason(GopherQuality(), docs(fifteen, twenty_five)) == [None, None]
+    assert reason(GopherQuality(reference="datatrove"), docs(fifteen, twenty_five)) == [None, "alpha_words"]  # 80/95, 80/105

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from flows.cli import main as cli
-from pipeline.steps.classifier import ClassifierFilter, ensure_toxicity_model
+from pipeline.steps.classifier import DEFAULT_THRESHOLD, ClassifierFilter, ensure_toxicity_model
 from pipeline.steps.langid import LanguageId
 from tests.filters.conftest import docs, reason
 
@@ -34,6 +34,39 @@ def test_language_columns_and_allow_list(lid_model):
 def test_per_language_threshold_and_annotate_only(lid_model):
     assert reason(LanguageId(lid_model, languages=["de"], thresholds={"de": 1.01}), docs(DE)) == ["low_score"]
     assert reason(LanguageId(lid_model, languages=None), docs(EN, FR, "")) == [None, None, None]
+
+
+def test_allow_list_is_checked_against_the_model_labels(lid_model, caplog):
+    NO = "Komiteen møttes tirsdag for å diskutere det nye budsjettet og vil publisere rapporten sin neste måned."
+    with caplog.at_level("WARNING", logger="pipeline.steps.langid"):
+        step = LanguageId(lid_model, languages=["en", "nb"], thresholds={"nb": 0.5})
+    assert step.languages == ["en", "no"] and step.thresholds == {"no": 0.5}
+    assert any("'nb' read as 'no'" in note for note in step.notes) and "read as 'no'" in caplog.text
+    assert reason(step, docs(NO, EN)) == [None, None]  # Norwegian is kept, not silently dropped
+    with pytest.raises(ValueError, match=r"'english'.*not among the 176 labels"):
+        LanguageId(lid_model, languages=["english"])
+    with pytest.raises(ValueError, match=r"did you mean"):
+        LanguageId(lid_model, languages=["en", "frr_x"])
+
+
+def test_unicode_whitespace_is_normalised_before_prediction(lid_model):
+    step = LanguageId(lid_model, languages=["en"])
+    for space in ("\u00a0", "\u2009", "\u3000", "\u2028", "\u202f"):
+        out = step(docs(EN.replace(" ", space)))
+        assert out.column("language").to_pylist() == ["en"], repr(space)
+
+
+def test_short_documents_get_und_and_the_configured_policy(lid_model):
+    short_texts = ("Hola", "ok\u00a0thanks", "Merci  beaucoup")
+    kept = LanguageId(lid_model, languages=["en"], min_chars=20)
+    out = kept(docs(*short_texts, FR, "  \u00a0 "))
+    assert out.column("language").to_pylist() == ["und"] * 3 and out.column("language_score").to_pylist() == [0.0] * 3
+    assert kept.stats.dropped == {"not_allowed": 1, "empty": 1}
+    dropped = LanguageId(lid_model, languages=["en"], min_chars=20, short="drop")
+    assert reason(dropped, docs(*short_texts, EN)) == ["too_short"] * 3 + [None]
+    assert reason(LanguageId(lid_model, languages=["es"], min_chars=0), docs("Hola amigos, ¿qué tal?")) == [None]
+    with pytest.raises(ValueError, match="short must be one of"):
+        LanguageId(lid_model, short="maybe")
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
@@ -69,13 +102,33 @@ def test_classifier_train_rejects_one_label(tmp_path, capsys):
 
 def test_toxicity_filter_and_cache(toxicity_model, shared):
     mtime = os.path.getmtime(toxicity_model)
-    assert ensure_toxicity_model(toxicity_model.parent, shared / "toxicity" / "davidson_tweets.jsonl.gz") == toxicity_model
+    assert ensure_toxicity_model(toxicity_model.parent, shared / "toxicity" / "jigsaw_wiki_comments.jsonl.gz") == toxicity_model
     assert os.path.getmtime(toxicity_model) == mtime  # cached, not retrained
-    step = ClassifierFilter(toxicity_model, name="toxicity", threshold=0.9)
+    step = ClassifierFilter(toxicity_model, name="toxicity", threshold=DEFAULT_THRESHOLD, min_words=3)
     table = docs("You are a stupid fucking bitch and a worthless piece of shit.",
                  "The library opens at nine on weekdays and the reading room is on the second floor.")
     out = step(table)
     assert step.stats.dropped == {"above_threshold": 1}
-    assert out.column("toxicity_score")[0].as_py() < 0.9
-    keep_toxic = ClassifierFilter(toxicity_model, name="toxicity", threshold=0.9, keep="above")
+    assert out.column("toxicity_score")[0].as_py() < 0.2
+    keep_toxic = ClassifierFilter(toxicity_model, name="toxicity", threshold=DEFAULT_THRESHOLD, keep="above")
     assert reason(keep_toxic, table) == [None, "below_threshold"]
+
+
+def test_toxicity_abstains_on_text_too_short_to_judge(toxicity_model):
+    step = ClassifierFilter(toxicity_model, name="toxicity", threshold=DEFAULT_THRESHOLD, min_words=3)
+    for keep in ("below", "above"):  # abstaining keeps the document whichever side is kept
+        step.keep = keep
+        assert reason(step, docs("", "   \n ", "idiot", "stupid idiot")) == [None] * 4
+    step = ClassifierFilter(toxicity_model, name="toxicity", threshold=DEFAULT_THRESHOLD, min_words=3)
+    out = step(docs("", "stupid idiot", "The library opens at nine on weekdays."))
+    assert out.column("toxicity_score").to_pylist()[:2] == [None, None]
+    assert step.stats.counters["abstained"] == 2
+    with pytest.raises(ValueError, match="min_words"):
+        ClassifierFilter(toxicity_model, name="toxicity", min_words=-1)
+
+
+def test_default_toxicity_model_figures(toxicity_model):
+    """The default model on the held-out 10 % of comments it never saw (figures from training)."""
+    record = json.loads(toxicity_model.with_name(toxicity_model.name + ".json").read_text())
+    assert record["holdout_rows"] > 2500 and record["positive_label"] == "true"
+    assert record["f1"] >= 0.80 and record["roc_auc"] >= 0.90, record

@@ -116,6 +116,38 @@ def test_refresh_matches_plain_pipeline_and_reports(prefect_harness, store, buck
     assert report["quarantined"].get("truncated_gzip", 0) >= 1 and report["quarantined"].get("bad_json", 0) >= 1
     assert report["dropped"], "filters dropped something from real web pages"
     assert report["languages"] and report["estimated_tokens"] > 0
+    assert report["quarantine"] and all(q.startswith(version.uri + "/quarantine/") for q in report["quarantine"])
+    assert version.quarantine_uris() == report["quarantine"], "the quarantine is listed in the final manifest"
+    assert store.list(join(result["dataset"], "_stages", "dedup") + "/") == []
+
+    # an unchanged re-run: the same version, nothing recomputed, no second dataset.ready
+    assert wait_for(lambda: len(ready_events(result["version"])) == 1)
+    again = corpus_refresh(params(sources, join(bucket, "datasets", "web")))
+    assert again["version"] == result["version"] and again["rows"] == result["rows"]
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+    assert len(ready_events(result["version"])) == 1
+
+
+def wait_for(condition, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def ready_events(version_id: str) -> list:
+    """`tokenmill.dataset.ready` events the Prefect server stored for one version."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.events.schemas.events import ResourceSpecification
+
+    wanted = EventFilter(event=EventNameFilter(name=["tokenmill.dataset.ready"]), resource=EventResourceFilter(labels=ResourceSpecification({"tokenmill.dataset.version": version_id})))
+    with get_client(sync_client=True) as client:
+        return client.read_events(filter=wanted, limit=50).events  # the server allows at most 50
 
 
 def test_killed_flow_resumes_without_loss_or_recompute(prefect_harness, store, bucket, sources, expected, s3_settings):
@@ -126,18 +158,16 @@ def test_killed_flow_resumes_without_loss_or_recompute(prefect_harness, store, b
         "import sys; from flows.corpus_refresh import corpus_refresh, CorpusRefreshParams; "
         f"corpus_refresh(CorpusRefreshParams(sources={sources!r}, dataset={dataset!r}, target_shard_mb=1, runner={{'kind': 'threads', 'workers': 1}}))"
     )
-    env = {**os.environ, **s3_settings.as_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    # a short lease: the killed run cannot release it, the re-run waits for it to expire
+    env = {**os.environ, **s3_settings.as_env(), "PREFECT_API_URL": PREFECT_API_URL.value(), "TOKENMILL_LEASE_TTL_S": "8"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    filtered = join(dataset, "_stages", "filtered")
+    caches = join(dataset, "_stages", "sources")
     deadline = time.monotonic() + 240
     committed_before = 0
     while time.monotonic() < deadline and proc.poll() is None:
-        versions = [o.uri for o in store.list(filtered + "/") if "/_manifest/" in o.uri]
-        if versions:
-            version_id = versions[0].split("/versions/")[1].split("/")[0]
-            committed_before = len(DatasetVersion(filtered, version_id, store).manifest().units)
-            if committed_before >= 2:
-                break
+        committed_before = sum(1 for o in store.list(caches + "/") if "/_commits/" in o.uri)
+        if committed_before >= 2:
+            break
         time.sleep(0.2)
     assert proc.poll() is None, "the flow ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
@@ -146,10 +176,11 @@ def test_killed_flow_resumes_without_loss_or_recompute(prefect_harness, store, b
 
     from flows.corpus_refresh import corpus_refresh
 
-    result = corpus_refresh(params(sources, dataset))
-    stage = DatasetVersion(filtered, result["version"], store)
-    snapshots = [o for o in store.list(join(stage.uri, "_manifest") + "/")]
-    assert len(snapshots) == len(stage.manifest().units) == 7, "each source was committed exactly once across both runs"
+    result = corpus_refresh(params(sources, dataset, wait_for_lease_s=120))
+    report = result["report"]
+    # filtered before the kill: resumed from this version's view, or reused from the source cache
+    assert report["sources_resumed"] + report["sources_reused"] >= committed_before, "sources filtered before the kill are not filtered again"
+    assert report["sources_reused"] + report["sources_filtered"] == 7
     assert content(DatasetVersion(dataset, result["version"], store)) == expected
 
 
@@ -159,12 +190,12 @@ def test_storage_outage_mid_run_is_retried(prefect_harness, s3_server, store, bu
     from flows.corpus_refresh import corpus_refresh
 
     dataset = join(bucket, "datasets", "outage")
-    filtered = join(dataset, "_stages", "filtered")
+    stages = join(dataset, "_stages")
 
     def outage():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if any("/_manifest/" in o.uri for o in store.list(filtered + "/")):
+            if any("/_commits/" in o.uri for o in store.list(stages + "/")):
                 break
             time.sleep(0.1)
         s3_server.stop()
@@ -187,7 +218,7 @@ def test_removal_request_makes_new_version_and_sticks(prefect_harness, store, bu
     table = v1.read_table(columns=["id", "url"])
     victim_id = table.column("id")[0].as_py()
     victim_url = next(u for u in table.column("url").to_pylist() if u)
-    request = RemovalRequest("takedown-1", doc_ids=(victim_id,), url_patterns=(victim_url,), reason="test takedown")
+    request = RemovalRequest("takedown-1", doc_ids=(victim_id,), urls=(victim_url,), reason="test takedown")
     register_request(dataset, request, store)
     v2 = DatasetVersion(dataset, removal_version_id(v1.manifest(), [request]), store)
     record = apply_removals(v1, v2, [request])

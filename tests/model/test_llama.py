@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -35,9 +37,16 @@ def test_flops_per_token_is_6n_plus_attention_and_mfu_uses_the_peak_table():
     assert m.flops_per_token(256) == 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * 256
     untied = Llama(model_config("tiny", vocab_size=1024, tie_embeddings=False))
     assert untied.num_params() == n + 1024 * 256 and untied.num_params(non_embedding=True) == n
-    assert device_peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
-    assert device_peak_flops("NVIDIA A100-SXM4-40GB", "bf16") == 312e12
-    assert device_peak_flops("Some CPU", "bf16") is None
+    # Exact device names as torch reports them: variants of one chip have different peaks.
+    peaks = {
+        "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12, "NVIDIA H800": 989e12,
+        "NVIDIA H200": 989e12, "NVIDIA B200": 2250e12, "AMD Instinct MI300X": 1307.4e12, "NVIDIA A100-SXM4-40GB": 312e12,
+        "NVIDIA L40": 181e12, "NVIDIA L40S": 362e12, "NVIDIA L4": 121e12,
+    }  # fmt: skip
+    assert {name: device_peak_flops(name, "bf16") for name in peaks} == peaks
+    assert device_peak_flops("NVIDIA H100 PCIe", "fp32") == 51e12
+    for unknown in ("Some CPU", "NVIDIA H100", "NVIDIA L40 Ti", "NVIDIA GeForce RTX 4090"):
+        assert device_peak_flops(unknown, "bf16") is None
     assert mfu(1e9, 989e3, 989e12, 2) == pytest.approx(0.5) and mfu(1e9, 1.0, None, 1) is None
 
 
@@ -85,3 +94,26 @@ def test_config_overrides_schedule_and_ds_config(tmp_path):
     f = lr_lambda(warmup=2, total=10, min_ratio=0.1)
     assert [f(0), f(1)] == [0.5, 1.0] and f(2) == pytest.approx(1.0) and f(10) == pytest.approx(0.1)
     assert all(f(s) >= f(s + 1) for s in range(2, 10))
+
+
+def test_export_config_reads_the_same_in_transformers_4_and_5(tmp_path):
+    """transformers 5 keeps RoPE's theta only under `rope_parameters` and names the tokenizer
+    class `TokenizersBackend`; 4.x reads the top-level `rope_theta` (else 10,000) and has no
+    such class. The export writes the fields both read, with the preset's own theta."""
+    from tokenizers import Tokenizer, models
+    from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
+
+    from model.export import add_transformers4_fields
+
+    cfg = ModelConfig(**{**SMALL.to_dict(), "rope_theta": 500000.0})
+    hf_config(cfg, "float32")[0].save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(Tokenizer(models.BPE(vocab={"<|endoftext|>": 0, "<|pad|>": 1}, merges=[])).to_str())
+    PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), eos_token="<|endoftext|>", pad_token="<|pad|>").save_pretrained(tmp_path)
+    add_transformers4_fields(tmp_path, cfg)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 500000.0  # 4.x reads the first, 5.x the second
+    assert config["torch_dtype"] == config["dtype"] == "float32"
+    tokenizer_config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast" and "backend" not in tokenizer_config
+    assert AutoConfig.from_pretrained(tmp_path).rope_parameters["rope_theta"] == 500000.0
+    assert AutoTokenizer.from_pretrained(tmp_path).pad_token_id == 1

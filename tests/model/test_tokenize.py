@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -52,33 +54,65 @@ def test_pack_pads_only_the_last_row():
     assert rows.tolist() == [[2, 3, 4, 5], [6, 7, 8, 9], [10, 11, 1, 1]] and pads == 2
 
 
-def test_rank_streams_are_disjoint_cover_the_data_and_resume_exactly(store, token_dataset):
+def test_every_rank_count_sees_the_whole_split_once_per_epoch(store, token_dataset):
+    """World sizes 1-8 over the real token shards (row groups of very different sizes): the
+    ranks step in lockstep, one sequence per rank per step; the sequences they take while in
+    epoch 0 are every training sequence exactly once, and every rank enters epoch 1 within
+    one step of the others."""
     tokens = TokenDataset(token_dataset["dataset"], token_dataset["version"], store)
-    groups = tokens.row_groups("train")[:6]
+    groups = tokens.row_groups("train")
+    assert len({g.rows for g in groups}) > 1  # unequal groups: the case that dealing groups got wrong
     width = SEQ_LEN + 1
-    total = sum(g.rows for g in groups)
-    streams = [ShardedTokenStream(store, groups, width, rank=r, world=2, seed=7) for r in range(2)]
+    reader = ShardedTokenStream(store, groups, width, rank=0, world=1, seed=7).reader
+    everything = Counter(tuple(r) for g in groups for r in reader.read(g))
+    total = sum(everything.values())
+    for world in range(1, 9):
+        streams = [ShardedTokenStream(store, groups, width, rank=r, world=world, seed=7) for r in range(world)]
+        try:
+            seen: Counter = Counter()
+            entered_epoch_1 = {}
+            for step in range(-(-total // world) + 1):
+                for rank, stream in enumerate(streams):
+                    before = stream.epoch
+                    row = stream.next_batch(1)[0]
+                    if before == 0:
+                        seen[tuple(row)] += 1
+                    if stream.epoch == 1 and rank not in entered_epoch_1:
+                        entered_epoch_1[rank] = step
+            assert seen == everything, f"world {world}"
+            assert len(entered_epoch_1) == world and max(entered_epoch_1.values()) - min(entered_epoch_1.values()) <= 1
+        finally:
+            for stream in streams:
+                stream.close()
+
+
+def test_stream_resumes_exactly_and_skips_by_arithmetic(store, token_dataset):
+    tokens = TokenDataset(token_dataset["dataset"], token_dataset["version"], store)
+    groups = tokens.row_groups("train")
+    width = SEQ_LEN + 1
+    stream = ShardedTokenStream(store, groups, width, rank=0, world=3, seed=7)
     try:
-        own = [sum(groups[i].rows for i in s._plan(0)) for s in streams]
-        seen = [s.next_batch(own[r]) for r, s in enumerate(streams)]
-        assert sum(own) == total
-        everything = [tuple(r) for g in groups for r in streams[0].reader.read(g)]
-        assert sorted(tuple(r) for part in seen for r in part) == sorted(everything)  # one epoch: each row once
-        # Resume: a fresh stream loaded with the saved position yields the very same next batches.
-        streams[0].next_batch(5)
-        saved = streams[0].state_dict()
-        expected = [streams[0].next_batch(50) for _ in range(3)]
-        fresh = ShardedTokenStream(store, groups, width, rank=0, world=2, seed=7)
+        stream.next_batch(5)
+        saved = stream.state_dict()
+        expected = [stream.next_batch(50) for _ in range(3)]
+        fresh = ShardedTokenStream(store, groups, width, rank=0, world=3, seed=7)
         fresh.load_state_dict(saved)
         assert all((fresh.next_batch(50) == e).all() for e in expected)
+        # Skipping n sequences lands where reading them would: across the epoch boundary too.
+        fresh.load_state_dict(saved)
+        n = stream.rows_per_epoch + 17
+        fresh.skip(n)
+        stream.load_state_dict(saved)
+        stream.next_batch(n)
+        assert (fresh.epoch, fresh.offset) == (stream.epoch, stream.offset) == (1, 22)
+        assert (fresh.next_batch(8) == stream.next_batch(8)).all()
         fresh.close()
-        with pytest.raises(ValueError, match="rank 0 of 2"):
-            ShardedTokenStream(store, groups, width, rank=1, world=2, seed=7).load_state_dict(saved)
-        with pytest.raises(ValueError, match="row groups"):
-            ShardedTokenStream(store, groups[:1], width, rank=0, world=2, seed=7)
+        with pytest.raises(ValueError, match="rank 0 of 3"):
+            ShardedTokenStream(store, groups, width, rank=1, world=3, seed=7).load_state_dict(saved)
+        with pytest.raises(ValueError, match="training sequences but there are"):
+            ShardedTokenStream(store, groups[:1], width, rank=0, world=groups[0].rows + 1, seed=7)
     finally:
-        for s in streams:
-            s.close()
+        stream.close()
     val = [validation_rows(store, tokens.row_groups("val"), width, rank=r, world=2, count=10) for r in range(2)]
     assert [v.shape for v in val] == [(10, width), (10, width)] and not (val[0] == val[1]).all()
 

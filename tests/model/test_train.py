@@ -17,6 +17,9 @@ from flows.cli import main as cli
 from model.checkpoint import CheckpointLocation
 from model.export import load_native_state
 from model.llama import Llama, ModelConfig
+from pipeline.storage import ObjectStore
+from pipeline.tokenize import tokenize_dataset
+from tests.model.conftest import SEQ_LEN
 
 REPO = Path(__file__).resolve().parents[2]
 STEP_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "tokens_seen", "time"}
@@ -133,3 +136,32 @@ def test_non_finite_loss_stops_training_with_a_clear_error(tmp_path, token_datas
     assert result.returncode != 0
     assert "loss is nan at step 2" in result.stdout
     assert not (tmp_path / "nan" / "COMPLETED.json").exists()
+    record = json.loads((tmp_path / "nan" / "failures" / "rank0.json").read_text())
+    assert (record["kind"], record["step"], record["since_step"]) == ("diverged", 2, 2)
+
+
+def test_a_rank_dying_inside_a_checkpoint_leaves_the_run_resumable(tmp_path, token_dataset, source_dataset, tokenizer_uri, s3_settings):
+    """Rank 1 dies after DeepSpeed wrote its part of the step-8 checkpoint and before its
+    training state (injected). `latest` still names step 4, the half-written tag has no commit
+    marker, and the next launch resumes from step 4 and finishes. Resuming the same run on
+    another token dataset is refused as a configuration error before anything is loaded."""
+    args = config(tmp_path, token_dataset, "crash", **{"train.steps": 8, "checkpoint.every": 4, "eval.every": 0})
+    first = launch([*args, "--set=debug.die_in_checkpoint_at_step=8"])
+    assert first.returncode != 0 and "dies inside the checkpoint on purpose" in first.stdout
+    checkpoints = tmp_path / "crash" / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "global_step4"
+    assert (checkpoints / "global_step8").exists() and not (checkpoints / "global_step8" / "tokenmill.json").exists()
+    second = launch([*args, "--resume"])
+    assert second.returncode == 0, second.stdout[-3000:]
+    steps, _ = metrics(tmp_path / "crash")
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6, 7, 8, 5, 6, 7, 8]
+    assert json.loads((tmp_path / "crash" / "COMPLETED.json").read_text())["checkpoint"].endswith("global_step8")
+    assert (checkpoints / "latest").read_text() == "global_step8"
+
+    other = tokenize_dataset(source_dataset.dataset_uri, source_dataset.version, tokenizer_uri, token_dataset["dataset"], SEQ_LEN,
+                             val_fraction=0.2, store=ObjectStore(s3_settings), rows_per_group=128)  # fmt: skip
+    assert other["uri"] != token_dataset["uri"]
+    third = launch([*config(tmp_path, other, "crash", **{"train.steps": 8, "checkpoint.every": 4, "eval.every": 0}), "--resume"], ranks=1)
+    assert third.returncode != 0 and "from a different setup (token dataset: checkpoint" in third.stdout, third.stdout[-3000:]
+    record = json.loads((tmp_path / "crash" / "failures" / "rank0.json").read_text())
+    assert record["kind"] == "config" and other["uri"] in record["message"]

@@ -58,8 +58,10 @@ def test_conditional_put_race_has_one_winner(store, bucket):
 
 def test_pagination_beyond_one_page(store, bucket):
     prefix = join(bucket, "many")
-    for i in range(1005):  # S3 pages hold 1000 keys
-        store.client.put_object(Bucket=bucket[5:], Key=f"many/{i:05d}", Body=b"")
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # S3 pages hold 1000 keys
+        list(pool.map(lambda i: store.client.put_object(Bucket=bucket[5:], Key=f"many/{i:05d}", Body=b""), range(1005)))
     assert len(store.list(prefix + "/")) == 1005
 
 

@@ -1,5 +1,5 @@
-"""Fixtures for the training-flow tests: a small real corpus on the S3 server, and a real
-single-node Slurm cluster (munged + slurmctld + slurmd) started for the session."""
+"""Fixtures for the training-flow tests: a small real corpus on the S3 server (the session's
+single-node Slurm cluster fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pipeline.dataset import DatasetVersion, write_sealed
 from pipeline.schema import documents_from_pylist
 from pipeline.storage import ObjectStore
 from tests.conftest import read_web_sample
-from tests.train_flow.slurm_cluster import SlurmCluster, slurm_missing
 
 DOCS = 120
 DOCS_PER_SHARD = 60
@@ -28,19 +27,6 @@ def corpus(s3_settings, shared) -> str:
     uri = f"s3://{bucket}/web"
     write_sealed(DatasetVersion(uri, "v1", store), documents_from_pylist(read_web_sample(shared, DOCS)), DOCS_PER_SHARD)
     return uri
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory) -> SlurmCluster:
-    reason = slurm_missing()
-    if reason:
-        pytest.skip(reason)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture()

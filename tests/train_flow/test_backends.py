@@ -23,6 +23,9 @@ PROGRAM = """
 import json, os, sys, time
 from pathlib import Path
 run, mode, rank = Path(sys.argv[1]), sys.argv[2], os.environ["RANK"]
+if mode == "stubborn":  # ignores SIGTERM: only SIGKILL ends it
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 (run / "heartbeat").mkdir(exist_ok=True)
 (run / "heartbeat" / f"rank{rank}").touch()
 if rank == "0":
@@ -30,7 +33,7 @@ if rank == "0":
     with open(run / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps({"step": 1, "loss": loss, "tokens_per_s": 10.0}) + "\\n")
 print(f"rank {rank} up", flush=True)
-if mode in ("sleep", "diverge"):
+if mode in ("sleep", "diverge", "stubborn"):
     time.sleep(600)
 """
 
@@ -109,7 +112,7 @@ def test_stall_when_heartbeats_stop(tmp_path):
         verdict = watcher.run(poll_s=0.2)
     finally:
         backend.cancel(handle)
-    assert verdict.outcome == "stalled" and "has not beaten" in verdict.reason
+    assert verdict.outcome == "stalled" and "no rank has beaten for" in verdict.reason
 
 
 def test_cancellation_hook_cancels_the_recorded_job(tmp_path, corpus):
@@ -121,7 +124,7 @@ def test_cancellation_hook_cancels_the_recorded_job(tmp_path, corpus):
     params.run_dir.mkdir(parents=True)
     backend = make_backend("local")
     handle = backend.submit(spec_for(params.run_dir, "sleep", "hooked"))
-    (params.run_dir / JOB_FILE).write_text(json.dumps(handle.to_dict()))
+    (params.run_dir / JOB_FILE).write_text(json.dumps({"handle": handle.to_dict(), "attempt": 0, "submitted_at": time.time()}))
     wait_for(lambda: len(ranks_of(handle)) == 2)
 
     flow_run = FlowRun(flow_id="00000000-0000-0000-0000-000000000000", parameters={"params": params.model_dump(mode="json")})
@@ -130,22 +133,53 @@ def test_cancellation_hook_cancels_the_recorded_job(tmp_path, corpus):
     assert not (params.run_dir / JOB_FILE).exists()
 
 
-def test_parameters_are_validated():
+def test_parameters_are_validated(tmp_path):
     with pytest.raises(ValueError, match="unknown model preset"):
-        TrainParameters(run_name="x", dataset_uri="s3://b/d", model_preset="huge")
+        TrainParameters(run_name="x", dataset_uri="s3://bkt/d", model_preset="huge")
     with pytest.raises(ValueError):
-        TrainParameters(run_name="bad name/", dataset_uri="s3://b/d")
+        TrainParameters(run_name="bad name/", dataset_uri="s3://bkt/d")
     with pytest.raises(ValueError):
-        TrainParameters(run_name="x", dataset_uri="s3://b/d", backend="pbs")
+        TrainParameters(run_name="x", dataset_uri="s3://bkt/d", backend="pbs")
+    # Path traversal (issue 12.6): names and versions become directories and keys.
+    hostile = [
+        {"run_name": "../../../escaped"}, {"run_name": ".hidden"}, {"run_name": "a/b"},
+        {"dataset_version": "../../../escaped", "run_name": None}, {"dataset_version": "v1\nx"},
+        {"dataset_uri": "s3://bkt/d/../../raw"}, {"tokens_uri": "/tmp/../etc"}, {"checkpoint_uri": "s3://bkt/ckpt/../x"},
+        {"runs_dir": "/work/runs/.."}, {"output_uri": "s3://bkt/out\x00"},
+    ]  # fmt: skip
+    for fields in hostile:
+        with pytest.raises(ValueError) as caught:
+            TrainParameters(**{"run_name": "x", "dataset_uri": "s3://bkt/d", "runs_dir": str(tmp_path), **fields})
+        assert next(iter(fields)) in str(caught.value), fields
+    assert list(tmp_path.iterdir()) == []
+    ok = TrainParameters(dataset_uri="s3://bkt/datasets/web", dataset_version="0123abcd", runs_dir=str(tmp_path))
+    assert ok.run_name == "web-0123abcd" and ok.run_dir == tmp_path.resolve() / "web-0123abcd"
 
 
 def test_cli_reports_bad_parameters_in_one_line(capsys):
     from flows.cli import main
 
-    assert main(["train", "s3://b/web", "--run-name", "x", "--preset", "huge"]) == 2
+    assert main(["train", "s3://bkt/web", "--run-name", "x", "--preset", "huge"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown model preset 'huge'" in err
-    assert main(["train", "s3://b/web"]) == 2  # 'latest' needs a run name
+    assert main(["train", "s3://bkt/web"]) == 2  # 'latest' needs a run name
     assert "give run_name" in capsys.readouterr().err
-    assert main(["train", "s3://b/web", "--version", "v1", "--backend-options", "{nope"]) == 2
+    assert main(["train", "s3://bkt/web", "--version", "0123abcd", "--backend-options", "{nope"]) == 2
     assert "--backend-options is not JSON" in capsys.readouterr().err
+
+
+def test_cli_flags_override_params_only_when_given(tmp_path):
+    """`--params` is the base; only flags typed on the command line win (argparse defaults
+    used to override the file silently)."""
+    from flows.cli import build_parser
+    from flows.cli.train import train_parameters
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("steps: 7\nlr: 0.01\nmodel_preset: '125m'\nresources: {procs_per_node: 1, cpus_per_node: 4}\nmax_restarts: 0\n")
+    parse = build_parser().parse_args
+    fields = train_parameters(parse(["train", "s3://bkt/web", "--params", str(params_file)]))
+    assert (fields["steps"], fields["lr"], fields["model_preset"], fields["max_restarts"]) == (7, 0.01, "125m", 0)
+    assert fields["resources"] == {"procs_per_node": 1, "cpus_per_node": 4} and "backend" not in fields
+    fields = train_parameters(parse(["train", "s3://bkt/web", "--params", str(params_file), "--steps", "9", "--lr", "0.002", "--nodes", "2"]))
+    assert (fields["steps"], fields["lr"], fields["model_preset"]) == (9, 0.002, "125m")
+    assert fields["resources"] == {"procs_per_node": 1, "cpus_per_node": 4, "nodes": 2}

@@ -65,7 +65,7 @@ def test_manifests_describe_an_indexed_multi_node_torchrun_job():
     assert container.resources.limits["nvidia.com/gpu"] == "8"
     assert container.resources.requests["cpu"] == "32" and container.resources.requests["memory"] == "524288Mi"
     mounts = {m.name: m.mount_path for m in container.volume_mounts}
-    assert mounts == {"runs": "/runs", "dshm": "/dev/shm"}
+    assert mounts["runs"] == "/runs" and mounts["dshm"] == "/dev/shm"  # (+ emptyDirs for the read-only root: tests/security)
     claims = {v.name: v.persistent_volume_claim.claim_name for v in pod.volumes if v.persistent_volume_claim}
     assert claims == {"runs": "tokenmill-runs"}
 
@@ -106,3 +106,27 @@ def test_job_states_from_client_models():
     )
     assert (failed.phase, failed.exit_code) == (Phase.FAILED, 137)
     assert "BackoffLimitExceeded" in failed.reason
+
+
+def waiting_pod(reason: str, message: str = "", scheduled: bool = True):
+    conditions = [] if scheduled else [client.V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable", message=message)]
+    state = client.V1ContainerState(waiting=client.V1ContainerStateWaiting(reason=reason, message=message)) if scheduled else client.V1ContainerState()
+    status = client.V1ContainerStatus(name="trainer", image="i", image_id="", ready=False, restart_count=0, state=state)
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(annotations={"batch.kubernetes.io/job-completion-index": "1"}),
+        status=client.V1PodStatus(phase="Pending", conditions=conditions, container_statuses=[status] if scheduled else None),
+    )
+
+
+def test_pending_jobs_say_why_and_time_limits_are_not_failures():
+    unschedulable = state_from(job(active=1), [waiting_pod("", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.", scheduled=False)])
+    assert unschedulable.phase == Phase.PENDING and not unschedulable.never_starts
+    assert "pod 1: Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu." == unschedulable.reason
+    pulling = state_from(job(active=1), [waiting_pod("ImagePullBackOff", 'Back-off pulling image "ghcr.io/x/trainer:1"')])
+    assert "ImagePullBackOff" in pulling.reason and not pulling.never_starts  # a registry hiccup heals
+    for reason in ("InvalidImageName", "CreateContainerConfigError"):
+        assert state_from(job(active=1), [waiting_pod(reason, "secret tokenmill-storage not found")]).never_starts
+    assert state_from(job(active=1), [waiting_pod("ContainerCreating")]).reason == ""
+    deadline = state_from(job([("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")]), [pod("Failed", 143)])
+    assert deadline.phase == Phase.FAILED and deadline.time_limit
+    assert not state_from(job([("Failed", "BackoffLimitExceeded", "")], failed=1), [pod("Failed", 1)]).time_limit

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from flows.train import TrainParameters
-from infra.backends import Phase, make_backend
+from infra.backends import JobSpec, Phase, make_backend
 from tests.train_flow.conftest import job_env_processes
 from tests.train_flow.test_backends import spec_for, wait_for
 from tests.train_flow.test_train_flow import TINY, read_artifact
@@ -57,6 +57,80 @@ def test_sweep_of_training_flows_on_slurm(slurm_cluster, prefect_harness, corpus
     assert completion["step"] == 3 and completion["checkpoint"].endswith("global_step3")
     script = (run_dir / "sw-t01-a0.sbatch").read_text()
     assert "srun" in script and "torch.distributed.run" in script and "--nproc_per_node 1" in script and "--cpus-per-task=1" in script
-    assert job_env_processes("slurm-") == []
+    # A job is complete when its completion record is written; its srun steps may take a moment to exit.
+    wait_for(lambda: job_env_processes("slurm-") == [], timeout_s=30)
     table = read_artifact("sw-sweep")
     assert table is not None and [r["trial"] for r in json.loads(table["data"])] == ["sw-t00", "sw-t01"]
+
+
+def test_the_srun_line_gives_every_task_its_cpus():
+    """Since Slurm 22.05 srun does not inherit sbatch's --cpus-per-task: without it on the srun
+    line a task (torchrun and all its ranks) is bound to one CPU under task/affinity. The test
+    cluster runs task/none, which would hide that, so the line itself is checked."""
+    from infra.backends.slurm import batch_script
+
+    for cpus, procs, expected in [(8, 4, 8), (None, 3, 3)]:
+        spec = JobSpec(name="x", command=["-m", "model.train"], run_dir="/runs/x", procs_per_node=procs, cpus_per_node=cpus)
+        (srun,) = [line for line in batch_script(spec).splitlines() if line.lstrip().startswith("srun ")]
+        assert f"--cpus-per-task={expected}" in srun.split()
+
+
+def test_queue_wait_is_not_start_up_and_has_its_own_timeout(slurm_cluster, tmp_path):
+    """The node is full: the next job waits (PENDING, reason Resources). A queue timeout ends
+    the wait with Slurm's reason; without one, the job starts once the node frees up, and the
+    queue time does not count against a startup timeout shorter than the wait."""
+    import os
+    import threading
+    import time
+
+    from flows.watch import AttemptWatcher, MetricsLog
+    from tests.train_flow.test_watch import PROGRAM, REPO
+
+    backend = make_backend("slurm", slurm_conf=str(slurm_cluster.conf))
+    cpus = os.cpu_count() or 1
+    blocker_dir = tmp_path / "blocker"
+    blocker_dir.mkdir()
+    blocker = backend.submit(spec_for(blocker_dir, "sleep", "blocker"))
+    wait_for(lambda: backend.status(blocker).phase == Phase.RUNNING)
+
+    def waiting_job(name: str):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "program.py").write_text(PROGRAM)
+        spec = JobSpec(name=name, command=[str(run_dir / "program.py"), str(run_dir), "slow-save", "1"], run_dir=str(run_dir),
+                       procs_per_node=2, cpus_per_node=cpus, env={"PYTHONPATH": str(REPO)})  # fmt: skip
+        handle = backend.submit(spec)
+        pending: list[str] = []
+        # startup_timeout_s: what two ranks need to start on a loaded 2-core machine (load 20: ~25 s).
+        watcher = AttemptWatcher(backend, handle, world_size=2, metrics=MetricsLog(run_dir / "metrics.jsonl"), stall_timeout_s=30,
+                                 startup_timeout_s=40, queue_timeout_s=4, on_pending=pending.append)  # fmt: skip
+        return handle, watcher, pending
+
+    handle, watcher, pending = waiting_job("queued")
+    verdict = watcher.run(poll_s=0.5)
+    assert verdict.outcome == "queue_timeout" and verdict.will_recur and "reason Resources" in verdict.reason
+    assert pending[-1] == "slurm pending, reason Resources"  # reported as soon as Slurm gives it
+    backend.cancel(handle)
+
+    handle, watcher, pending = waiting_job("started")
+    watcher.queue_timeout_s = 600
+    threading.Timer(45, backend.cancel, args=(blocker,)).start()  # the node frees up after 45 s > startup_timeout_s
+    started = time.monotonic()
+    verdict = watcher.run(poll_s=0.5)
+    assert verdict.outcome == "completed", verdict.reason
+    assert time.monotonic() - started > 45 and pending
+    wait_for(lambda: backend.status(handle).finished)
+
+
+def test_cancel_of_a_job_that_is_slow_to_go_returns_a_note(slurm_cluster, tmp_path):
+    from infra.backends.slurm import SlurmBackend
+
+    # The ranks ignore SIGTERM: after scancel the job stays COMPLETING for KillWait (10 s in
+    # the test cluster) until slurmd sends SIGKILL, longer than the 1 s the flow waits here.
+    backend = SlurmBackend(slurm_conf=str(slurm_cluster.conf), cancel_timeout_s=1.0)
+    handle = backend.submit(spec_for(tmp_path, "stubborn", "slowgo"))
+    beats = [tmp_path / "heartbeat" / f"rank{r}" for r in (0, 1)]
+    wait_for(lambda: all(b.exists() for b in beats))
+    note = backend.cancel(handle)
+    assert note is not None and handle.job_id in note and "Slurm will finish it" in note
+    wait_for(lambda: backend.status(handle).finished, timeout_s=60)
