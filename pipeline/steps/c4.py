@@ -107,6 +107,7 @@ class C4Quality(Step):
         n_docs = len(texts)
         raw, offsets = split(texts, LINE_BREAKS, regex=True)
         lines = py_strip(raw)  # Python's str.strip(), as both references
+        lines, offsets, blank_doc = self._without_blank_lines(lines, offsets)
         n_lines = len(lines)
         line_doc = segment_ids(offsets)
         removed = {}  # why lines went, for the counters
@@ -158,6 +159,9 @@ class C4Quality(Step):
             count = int(np.count_nonzero(mask & ~dropped_doc[line_doc]))
             if count:
                 self.stats.counters[f"lines_removed:{why}"] += count
+        if blank_count := int(np.count_nonzero(~dropped_doc[blank_doc])):
+            blank_rule = "no_terminal_punct" if self.require_terminal_punct else "too_few_words"
+            self.stats.counters[f"lines_removed:{blank_rule}"] += blank_count
 
         if self.rewrite:
             kept_lines = lines.filter(pa.array(kept))
@@ -168,6 +172,21 @@ class C4Quality(Step):
         if self.keep_scores:
             table = with_columns(table, {f"{self.name}_sentences": sentences.astype(np.int32)})
         return table, reasons
+
+    def _without_blank_lines(self, lines: pa.Array, offsets: np.ndarray):
+        """Lines that are empty once stripped, dropped before the per-line rules (which would
+        remove them: no terminal punctuation, no words), so that a page of a million newlines
+        costs what its text costs. Returns the other lines, their offsets, and the document of
+        each blank line (counted under the rule that would have removed it)."""
+        if not (self.require_terminal_punct or self.min_words_per_line > 0):
+            return lines, offsets, np.zeros(0, np.int64)
+        blank = lengths(lines) == 0
+        if not blank.any():
+            return lines, offsets, np.zeros(0, np.int64)
+        blank_doc = segment_ids(offsets)[blank]
+        new_offsets = np.zeros_like(offsets)
+        np.cumsum(segment_sum((~blank).astype(np.int64), offsets), out=new_offsets[1:])
+        return lines.filter(pa.array(~blank)), new_offsets, blank_doc
 
     def _sentences(self, lines: pa.Array, kept: np.ndarray) -> np.ndarray:
         """Sentences per line. datatrove: spaCy's sentencizer, run only on kept lines that
