@@ -14,6 +14,7 @@ import pytest
 from infra.backends import JobSpec, Phase
 from infra.backends.slurm import RUNTIME_ENV, SlurmBackend, batch_script, sbatch_argv
 from pipeline.names import InvalidName
+from tests.train_flow.conftest import job_env_processes
 from tests.train_flow.test_backends import wait_for
 
 # What an attacker (or a careless paste) puts into a text field.
@@ -219,4 +220,5 @@ def test_ranks_get_sigterm_before_the_time_limit(slurm_cluster, tmp_path):
     wait_for(lambda: term.exists() or backend.status(handle).finished, timeout_s=150)
     assert term.exists(), "the rank was never told that the time limit was near"
     assert json.loads(term.read_text())["at"] - started["at"] < 60 + 5
-    wait_for(lambda: backend.status(handle).finished, timeout_s=120)  # and no process outlives the job
+    wait_for(lambda: backend.status(handle).finished, timeout_s=120)
+    wait_for(lambda: job_env_processes(f"slurm-{handle.job_id}") == [], timeout_s=60)  # no process outlives the job

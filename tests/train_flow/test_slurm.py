@@ -58,7 +58,10 @@ def test_sweep_of_training_flows_on_slurm(slurm_cluster, prefect_harness, corpus
     script = (run_dir / "sw-t01-a0.sbatch").read_text()
     assert "srun" in script and "torch.distributed.run" in script and "--nproc_per_node 1" in script and "--cpus-per-task=1" in script
     # A job is complete when its completion record is written; its srun steps may take a moment to exit.
-    wait_for(lambda: job_env_processes("slurm-") == [], timeout_s=30)
+    # (only this test's jobs: an earlier test's job may still be ending on the shared cluster)
+    job_ids = [f"slurm-{log.stem.rsplit('-', 1)[1]}" for t in ("sw-t00", "sw-t01") for log in (runs_dir / t / "logs").glob(f"{t}-a0-*.log")]
+    assert len(job_ids) == 2
+    wait_for(lambda: not any(job_env_processes(job_id) for job_id in job_ids), timeout_s=30)
     table = read_artifact("sw-sweep")
     assert table is not None and [r["trial"] for r in json.loads(table["data"])] == ["sw-t00", "sw-t01"]
 
