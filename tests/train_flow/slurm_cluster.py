@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -62,6 +63,7 @@ class SlurmCluster:
             user=pwd.getpwuid(os.getuid()).pw_name,
             ctld_port=_free_port(),
             slurmd_port=_free_port(),
+            first_job_id=random.randrange(1, 1_000_000),
             munge_socket=self.munge_socket,
             root=self.root,
             cpus=cpus,
