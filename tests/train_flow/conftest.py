@@ -36,8 +36,9 @@ def runs_dir(tmp_path) -> Path:
     return path
 
 
-def job_env_processes(marker_value: str) -> list[int]:
-    """Pids of live processes whose environment carries `marker_value` in TOKENMILL_JOB_ID (orphan check)."""
+def job_env_processes(job_id: str) -> list[int]:
+    """Pids of live processes whose TOKENMILL_JOB_ID is exactly `job_id` (orphan check). Exact,
+    not a substring: another test run on the same machine starts jobs with similar names."""
     import psutil
 
     from infra.backends import JOB_ID_ENV
@@ -45,12 +46,13 @@ def job_env_processes(marker_value: str) -> list[int]:
     pids = []
     for proc in psutil.process_iter():
         try:
-            if (
-                proc.pid != os.getpid()
-                and proc.status() != psutil.STATUS_ZOMBIE
-                and marker_value in proc.environ().get(JOB_ID_ENV, "")
-            ):
+            if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(JOB_ID_ENV) == job_id:
                 pids.append(proc.pid)
         except psutil.Error:
             continue
     return pids
+
+
+def local_job_ids(run_dir: Path, attempt_prefix: str = "") -> list[str]:
+    """The local backend's job ids of one run directory (each job logs to logs/<job id>.log)."""
+    return [log.stem for log in sorted((run_dir / "logs").glob(f"{attempt_prefix}*.log"))]

@@ -44,7 +44,10 @@ def spec_for(run_dir: Path, mode: str, name: str) -> JobSpec:
     return JobSpec(name=name, command=[str(program), str(run_dir), mode], run_dir=str(run_dir), procs_per_node=2)
 
 
-def wait_for(check, timeout_s: float = 60.0):
+def wait_for(check, timeout_s: float = 180.0):
+    """Poll `check` until it is truthy. The default deadline is for a machine at load 10, where
+    a job's two ranks (a Python import of torch each) can take minutes to start; it costs
+    nothing when the condition comes sooner."""
     deadline = time.monotonic() + timeout_s
     while not (result := check()):
         assert time.monotonic() < deadline, "timed out"

@@ -22,7 +22,7 @@ def test_scancel_stops_every_rank(slurm_cluster, tmp_path):
     wait_for(lambda: backend.status(handle).phase == Phase.RUNNING and len(job_env_processes(marker)) >= 2)
     backend.cancel(handle)
     assert backend.status(handle).phase == Phase.CANCELLED
-    wait_for(lambda: job_env_processes(marker) == [], timeout_s=30)
+    wait_for(lambda: job_env_processes(marker) == [], timeout_s=120)
 
 
 @pytest.mark.slow
@@ -61,7 +61,7 @@ def test_sweep_of_training_flows_on_slurm(slurm_cluster, prefect_harness, corpus
     # (only this test's jobs: an earlier test's job may still be ending on the shared cluster)
     job_ids = [f"slurm-{log.stem.rsplit('-', 1)[1]}" for t in ("sw-t00", "sw-t01") for log in (runs_dir / t / "logs").glob(f"{t}-a0-*.log")]
     assert len(job_ids) == 2
-    wait_for(lambda: not any(job_env_processes(job_id) for job_id in job_ids), timeout_s=30)
+    wait_for(lambda: not any(job_env_processes(job_id) for job_id in job_ids), timeout_s=120)
     table = read_artifact("sw-sweep")
     assert table is not None and [r["trial"] for r in json.loads(table["data"])] == ["sw-t00", "sw-t01"]
 
@@ -136,4 +136,4 @@ def test_cancel_of_a_job_that_is_slow_to_go_returns_a_note(slurm_cluster, tmp_pa
     wait_for(lambda: all(b.exists() for b in beats))
     note = backend.cancel(handle)
     assert note is not None and handle.job_id in note and "Slurm will finish it" in note
-    wait_for(lambda: backend.status(handle).finished, timeout_s=60)
+    wait_for(lambda: backend.status(handle).finished, timeout_s=120)

@@ -17,7 +17,7 @@ import pytest
 from flows.train import TrainParameters, train
 from infra.backends import JOB_ID_ENV
 from pipeline.storage import ObjectStore
-from tests.train_flow.conftest import job_env_processes
+from tests.train_flow.conftest import job_env_processes, local_job_ids
 
 # The smallest job that still exercises everything: tiny preset, 32-token sequences,
 # a checkpoint every 4 steps, a validation pass every 6.
@@ -51,24 +51,26 @@ def metric_steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in map(json.loads, lines) if "loss" in r]
 
 
-def find_rank(job_marker: str, rank: str) -> psutil.Process | None:
+def find_rank(run_dir: Path, attempt: str, rank: str) -> psutil.Process | None:
+    """Rank `rank` of this run's attempt (job ids from its own logs: never another run's job)."""
+    job_ids = set(local_job_ids(run_dir, f"{attempt}-"))
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
         except psutil.Error:
             continue
-        if job_marker in env.get(JOB_ID_ENV, "") and env.get("RANK") == rank and "model.train" in " ".join(proc.cmdline()):
+        if env.get(JOB_ID_ENV) in job_ids and env.get("RANK") == rank and "model.train" in " ".join(proc.cmdline()):
             return proc
     return None
 
 
-def signal_rank_after_step(run_dir: Path, job_marker: str, step: int, sig: signal.Signals, sent: list, rank: str = "1", timeout_s: float = 300) -> None:
+def signal_rank_after_step(run_dir: Path, attempt: str, step: int, sig: signal.Signals, sent: list, rank: str = "1", timeout_s: float = 300) -> None:
     """Send `sig` to one rank of the job once rank 0 has logged `step`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         metrics = run_dir / "metrics.jsonl"
         if metrics.exists() and any(s >= step for s in metric_steps(run_dir)):
-            proc = find_rank(job_marker, rank)
+            proc = find_rank(run_dir, attempt, rank)
             if proc is not None:
                 proc.send_signal(sig)
                 sent.append((proc.pid, time.monotonic()))
@@ -144,7 +146,7 @@ def test_flow_trains_restarts_after_stopped_and_killed_rank_and_reports(prefect_
     assert report_artifact is not None and report_artifact["data"].count("](data:image/png;base64,") == 3
     loss_artifact = read_artifact("e2e-loss")
     assert loss_artifact is not None and json.loads(loss_artifact["data"])[-1]["step"] == 12
-    assert job_env_processes("e2e-a") == []  # no rank of any attempt outlived the flow
+    assert [p for job_id in local_job_ids(run_dir) for p in job_env_processes(job_id)] == []  # no rank of any attempt outlived the flow
 
     # The same run again: already finished, so reported (checkpoint, loss, export), not trained.
     logs_before = sorted((run_dir / "logs").iterdir())
