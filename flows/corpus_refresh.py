@@ -136,7 +136,7 @@ def refresh_stages(plan: refresh.RefreshPlan, workers: int) -> dict:
     filter_results = _gather(filter_source.map(plan, list(plan.sources)), progress)
     for r in filter_results:
         logger.info("%s: %d read, %d kept%s", basename(r["source"]), r["reader"].get("documents", 0), r["documents_out"], " (resumed)" if r["skipped"] else "")
-    dedup = refresh.deduplicate(plan, dedup_map(refresh.dedup_job(plan), workers, progress))
+    dedup = refresh.deduplicate(plan, filter_results, dedup_map(refresh.dedup_job(plan), workers, progress))
     return {"filter_results": filter_results, "dedup": dedup}
 
 

@@ -61,6 +61,26 @@ class Resources(BaseModel):
     time_limit_s: int | None = Field(None, gt=0, description="per job; the run continues in a new job after it")
 
 
+# Trainer keys the flow sets (trainer_config, restarts): not overridable, with what to use instead.
+FLOW_OWNED_TRAINER_KEYS = {
+    "run_dir": "use runs_dir and run_name",
+    "model.preset": "use model_preset",
+    "data": "use dataset_uri and dataset_version (a rollback sets data.skip_steps)",
+    "deepspeed": "use ds_config (a DeepSpeed config file)",
+    "train.steps": "use steps",
+    "train.micro_batch_size": "use micro_batch_size",
+    "train.grad_accum": "use grad_accum",
+    "train.lr": "use lr",
+    "train.lr_scale": "a rollback after a divergence sets it (divergence_lr_factor)",
+    "train.warmup_steps": "use warmup_steps",
+    "train.seed": "use seed",
+    "train.stop_after": "a stop without finishing counts as a failed attempt; use steps",
+    "checkpoint.uri": "use checkpoint_uri",
+    "checkpoint.every": "use checkpoint_every",
+    "eval.every": "use eval_every",
+}
+
+
 class TrainParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -131,6 +151,20 @@ class TrainParameters(BaseModel):
     @classmethod
     def _location(cls, value: str | None, info) -> str | None:
         return None if value is None else names.storage_uri(value, info.field_name)
+
+    @field_validator("trainer_overrides")
+    @classmethod
+    def _overrides_leave_the_flow_its_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The flow sets these keys itself and relies on them (where heartbeats and checkpoints
+        are, when the run is finished, what a restart changes): an override would make the
+        watcher blind or a finished run never recognised, so it is refused, naming the field."""
+        for key in value:
+            owner = FLOW_OWNED_TRAINER_KEYS.get(key) or next(
+                (field for owned, field in FLOW_OWNED_TRAINER_KEYS.items() if owned.startswith(key + ".") or key.startswith(owned + ".")), None
+            )
+            if owner is not None:
+                raise ValueError(f"trainer_overrides: {key!r} is set by the flow; {owner}")
+        return value
 
     @field_validator("model_preset")
     @classmethod
@@ -372,6 +406,7 @@ def watch(params: TrainParameters, job: dict, metrics: MetricsLog, progress_id) 
         on_log_lines=on_log_lines,
         on_metrics=on_metrics,
         on_pending=on_pending,
+        on_unavailable=logger.warning,
         since=job["submitted_at"],
     )
     verdict = watcher.run(params.poll_s)
@@ -448,16 +483,22 @@ def checkpoint_step(params: TrainParameters) -> int:
     return (step_of(tag) or 0) if tag else 0
 
 
-def roll_back(params: TrainParameters, verdict: Verdict, lr_scale: float, last_rollback: int | None) -> tuple[dict[str, Any], int, str]:
+def roll_back(
+    params: TrainParameters, verdict: Verdict, lr_scale: float, previous: tuple[int, int] | None
+) -> tuple[dict[str, Any], tuple[int, int], str]:
     """After a divergence: point `latest` at the newest complete checkpoint before the
-    trouble began (before the previous rollback point, if that diverged again), and return
-    the next attempt's overrides, the rollback step and a sentence for the log."""
+    trouble began, and return the next attempt's overrides, (rollback step, detection step)
+    for the next call, and a sentence for the log. `previous` is the last rollback's pair:
+    when the trouble begins again before the run got past the step where it last diverged,
+    the rollback point itself is suspect and the run goes back further; a divergence after
+    that step is new trouble, and only its own start counts."""
     from model.checkpoint import CheckpointLocation, step_of
 
     location = CheckpointLocation(params.checkpoints_uri, params.run_dir / "checkpoint-staging")
     since = int(verdict.details.get("since_step") or verdict.details.get("step") or 1)
     detected = int(verdict.details.get("step") or since)
-    limit = since if last_rollback is None else min(since, last_rollback)
+    repeated = previous is not None and since <= previous[1]
+    limit = min(since, previous[0]) if repeated else since
     complete = [t for t in location.tags() if step_of(t) < limit and location.incomplete_reason(t) is None]
     tag = complete[-1] if complete else None
     location.set_latest(tag)
@@ -466,7 +507,7 @@ def roll_back(params: TrainParameters, verdict: Verdict, lr_scale: float, last_r
     if params.divergence_skip_data:
         overrides["data.skip_steps"] = max(0, detected - rollback_step)
     where = f"checkpoint {tag}" if tag else "step 0 (no complete checkpoint before it)"
-    return overrides, rollback_step, (
+    return overrides, (rollback_step, detected), (
         f"diverged at step {detected} (trouble since step {since}): rolling back to {where}, "
         f"learning rate x{overrides['train.lr_scale']:g}"
         + (f", skipping the data of {overrides['data.skip_steps']} step(s)" if params.divergence_skip_data else "")
@@ -517,7 +558,7 @@ def run_attempts(params: TrainParameters, config_path: Path, metrics: MetricsLog
         100.0 * min(metrics.last_step, params.steps) / params.steps, description=f"training {params.run_name}"
     )
     failures = 0
-    lr_scale, last_rollback = 1.0, None
+    lr_scale, last_rollback = 1.0, None  # (rollback step, detection step) of the last divergence
     attempt = adopted["attempt"] if adopted else 0
     overrides: dict[str, Any] = {} if adopted else dict(params.first_attempt_overrides)
     job = adopted

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from infra.backends import JobBackend, JobHandle, JobState, Phase
+from infra.backends import BackendUnavailable, JobBackend, JobHandle, JobState, Phase
 from infra.backends.base import read_log_file
 from model.metrics import HEARTBEAT_INTERVAL_S
 
@@ -230,6 +230,8 @@ class AttemptWatcher:
         on_log_lines: Callable[[list[str]], None] = lambda lines: None,
         on_metrics: Callable[[list[dict]], None] = lambda records: None,
         on_pending: Callable[[str], None] = lambda reason: None,
+        unavailable_timeout_s: float = 1800.0,
+        on_unavailable: Callable[[str], None] = lambda reason: None,
         clock: Callable[[], float] = time.time,
         since: float | None = None,
     ):
@@ -245,6 +247,9 @@ class AttemptWatcher:
         self.on_log_lines = on_log_lines
         self.on_metrics = on_metrics
         self.on_pending = on_pending
+        self.unavailable_timeout_s = unavailable_timeout_s
+        self.on_unavailable = on_unavailable
+        self.unavailable_since: float | None = None
         self.clock = clock
         self.submitted = clock()
         # Records and heartbeats older than this belong to an earlier attempt (an adopted job
@@ -268,8 +273,14 @@ class AttemptWatcher:
         return next((r for r in records if diverged(r)), None)
 
     def poll(self) -> Verdict | None:
-        state = self.backend.status(self.handle)
-        bad = self._drain()
+        try:
+            state = self.backend.status(self.handle)
+            bad = self._drain()
+        except BackendUnavailable as exc:
+            return self._unavailable(exc)
+        if self.unavailable_since is not None:
+            self.on_unavailable(f"the job's backend answers again after {self.clock() - self.unavailable_since:.0f}s")
+            self.unavailable_since = None
         if bad is not None:  # a trainer that logs a non-finite loss and carries on
             key = diverged(bad)
             return Verdict("diverged", f"{key} is {bad[key]} at step {bad['step']}", state, details={"step": bad["step"], "since_step": bad["step"]})
@@ -281,6 +292,17 @@ class AttemptWatcher:
         if self.running_since is None:
             self.running_since = self.clock()
         return self._check_stall(state)
+
+    def _unavailable(self, exc: BackendUnavailable) -> None:
+        """No verdict while the scheduler cannot be asked: the job may be running fine, and a
+        restart would run it twice. Past `unavailable_timeout_s` the flow gives up (raises)."""
+        now = self.clock()
+        if self.unavailable_since is None:
+            self.unavailable_since = now
+            self.on_unavailable(f"cannot ask about job {self.handle.job_id}, asking again: {exc}")
+        elif now - self.unavailable_since > self.unavailable_timeout_s:
+            raise BackendUnavailable(f"{exc} (for {now - self.unavailable_since:.0f}s; job {self.handle.job_id} may still be running)") from exc
+        return None
 
     def _check_queue(self, state: JobState) -> Verdict | None:
         reason = state.reason or "pending"

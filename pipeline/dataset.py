@@ -249,8 +249,19 @@ class DatasetVersion:
         }
         try:
             self.store.put_bytes(self._commit_uri(unit), canonical_json(record).encode(), if_none_match=True, content_type="application/json")
-        except PreconditionFailed:
-            return self.unit(unit) or record  # committed before (a retry or a racing attempt): the first stays
+        except PreconditionFailed:  # committed before (a retry or a racing attempt): the first stays
+            first = self.unit(unit)
+            if first is None:
+                raise StorageError(f"{self.uri}: unit {unit} has a commit record that could not be read back") from None
+            return first
+        if self.is_sealed():
+            # The seal compacted the records before this one landed: it is not part of the
+            # version (and `unit()` must not report it), so it is withdrawn.
+            self.store.delete(self._commit_uri(unit))
+            first = self.unit(unit)
+            if first is None:
+                raise StorageError(f"{self.uri} was sealed while unit {unit} was being committed; commit to a new version")
+            return first
         return record
 
     # -- sealing -------------------------------------------------------------------------
@@ -371,13 +382,19 @@ def advance_latest(dataset_uri: str, manifest: Manifest, store: ObjectStore) -> 
     A compare-and-swap (If-Match on the pointer's ETag) with backoff on conflicts, so two
     seals racing and a late repair of an old seal never move `latest` backwards."""
     uri = latest_uri(dataset_uri)
-    body = canonical_json({"version": manifest.version, "sealed_at": manifest.sealed_at, "rows": manifest.rows}).encode()
+    ours = {"version": manifest.version, "sealed_at": manifest.sealed_at, "rows": manifest.rows}
+    body = canonical_json(ours).encode()
     for attempt in range(30):
         current = store.get_with_etag(uri)
         try:
             if current is None:
-                store.put_bytes(uri, body, if_none_match=True, content_type="application/json")
-                return True
+                # No pointer yet (a dataset sealed before pointers existed, whose readers took the
+                # newest marker): the first pointer names the newest sealed version, which a
+                # late repair of an old seal (gc) is not.
+                newest = max([ours, *sealed_versions(dataset_uri, store)], key=lambda v: (v["sealed_at"], v["version"]))
+                first = {k: newest[k] for k in ("version", "sealed_at", "rows")}
+                store.put_bytes(uri, canonical_json(first).encode(), if_none_match=True, content_type="application/json")
+                return newest["version"] == manifest.version
             pointed = json.loads(current[0])
             if (pointed["sealed_at"], pointed["version"]) >= (manifest.sealed_at, manifest.version):
                 return False
@@ -503,7 +520,21 @@ class ShardWriter:
             for reason in quarantine.column("reason").to_pylist():
                 reasons[reason] = reasons.get(reason, 0) + 1
             qinfo = {"uri": quri, "rows": quarantine.num_rows, "reasons": reasons}
-        return self.version.commit_unit(self.unit, self.shards, counts=counts, quarantine=qinfo, config_hash_=config_hash_)
+        uploaded = [s.uri for s in self.shards] + ([qinfo["uri"]] if isinstance(quarantine, pa.Table) and quarantine.num_rows else [])
+        try:
+            record = self.version.commit_unit(self.unit, self.shards, counts=counts, quarantine=qinfo, config_hash_=config_hash_)
+        except Exception:
+            self._discard(uploaded)
+            raise
+        if [s["uri"] for s in record["shards"]] != [s.uri for s in self.shards]:
+            self._discard(uploaded)  # a racing attempt committed first: its objects stand, these go
+        return record
+
+    def _discard(self, uris: list[str]) -> None:
+        """Delete what this attempt uploaded but did not commit, so a reader that globs
+        data/*.parquet never sees its rows (the seal's orphan sweep is the backstop for a crash)."""
+        for uri in uris:
+            self.version.store.delete(uri)
 
 
 # What ShardWriter appends to a unit name: `-<hash8>` (unit) `-<part>-<attempt>` (shard).

@@ -35,7 +35,7 @@ from pipeline.card import card_statistics
 from pipeline.dataset import DatasetVersion, Manifest, ShardEntry, ShardWriter, config_hash, make_version_id, read_parquet, unit_name
 from pipeline.dedup import DedupConfig, DedupJob, StageMap, executor_map, run_stages as run_dedup_stages, serial_map, stage_totals
 from pipeline.fingerprint import check_code, code_fingerprint, referenced_files
-from pipeline.process import ReadOptions, process_source, totals
+from pipeline.process import EmptyOutputError, ReadOptions, process_source, totals
 from pipeline.removals import RemovalFilter, RemovalRequest, RemovalSet, apply_removals, effective_requests, load_set, removal_version_id, set_digest
 from pipeline.steps.chain import build_chain
 from pipeline.storage import ObjectInfo, ObjectStore, join
@@ -184,10 +184,17 @@ def dedup_job(plan: RefreshPlan) -> DedupJob:
     return DedupJob(plan.work_uri, plan.dedup_config, plan.dataset_uri, plan.version, plan.code)
 
 
-def deduplicate(plan: RefreshPlan, run: StageMap | None = None) -> dict:
+def deduplicate(plan: RefreshPlan, filter_results: list[dict], run: StageMap | None = None) -> dict:
     """The dedup half of a refresh: every filtered shard (sorted) through the staged dedup
     (`pipeline.dedup.stages`), each stage's partitions run by `run` (a loop by default).
-    Returns each stage's totals (the manifest keeps them)."""
+    Returns each stage's totals (the manifest keeps them). Filters that kept nothing of a
+    non-empty input are an error that names what dropped it (re-running would repeat it)."""
+    counted = totals(filter_results)
+    if counted["read"] and not counted["kept"]:
+        raise EmptyOutputError(
+            f"{plan.final.uri}: the filters kept none of the {counted['read']} documents read "
+            f"(dropped by rule: {counted['dropped']}, quarantined: {counted['quarantined']}); check the filter config"
+        )
     job = dedup_job(plan)
     return stage_totals(run_dedup_stages(job, sorted(plan.filtered.shard_uris()), run or serial_map(job)))
 
@@ -298,7 +305,7 @@ def run_stages(plan: RefreshPlan, executor: Executor | None = None) -> tuple[lis
     parallelism): per-source results and dedup counts."""
     run = (lambda fn, items: list(executor.map(fn, items))) if executor else (lambda fn, items: [fn(i) for i in items])
     filter_results = run(partial(filter_source, plan), list(plan.sources))
-    dedup_counts = deduplicate(plan, executor_map(dedup_job(plan), executor) if executor else None)
+    dedup_counts = deduplicate(plan, filter_results, executor_map(dedup_job(plan), executor) if executor else None)
     return filter_results, dedup_counts
 
 

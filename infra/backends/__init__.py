@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.backends.base import JOB_ID_ENV, JobBackend, JobHandle, JobSpec, JobState, LogChunk, Phase
+from infra.backends.base import JOB_ID_ENV, BackendUnavailable, JobBackend, JobHandle, JobSpec, JobState, LogChunk, Phase
 
 BACKENDS = ("local", "slurm", "kubernetes")
 
@@ -26,4 +26,4 @@ def make_backend(name: str, **options: Any) -> JobBackend:
     raise ValueError(f"unknown job backend {name!r} (choose from {', '.join(BACKENDS)})")
 
 
-__all__ = ["BACKENDS", "JOB_ID_ENV", "JobBackend", "JobHandle", "JobSpec", "JobState", "LogChunk", "Phase", "make_backend"]
+__all__ = ["BACKENDS", "JOB_ID_ENV", "BackendUnavailable", "JobBackend", "JobHandle", "JobSpec", "JobState", "LogChunk", "Phase", "make_backend"]

@@ -16,6 +16,12 @@ from typing import Any
 JOB_ID_ENV = "TOKENMILL_JOB_ID"
 
 
+class BackendUnavailable(RuntimeError):
+    """The scheduler or API could not be asked (a controller restarting, an API server's 5xx
+    or 429, a timeout): the job's state is unknown, not failed. The watcher asks again rather
+    than restarting a job that may well be running."""
+
+
 class Phase(str, enum.Enum):
     PENDING = "PENDING"  # queued, scheduling, pulling images: not running any rank yet
     RUNNING = "RUNNING"

@@ -17,18 +17,20 @@ the job's inline environment.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
 from datetime import datetime
 from typing import Any
 
-from infra.backends.base import JOB_ID_ENV, JobBackend, JobHandle, JobSpec, JobState, LogChunk, Phase
+from infra.backends.base import JOB_ID_ENV, BackendUnavailable, JobBackend, JobHandle, JobSpec, JobState, LogChunk, Phase
 from pipeline import names
 from pipeline.settings import ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_SESSION_TOKEN
 
 SECRET_ENV = {ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_SESSION_TOKEN}
 RDZV_PORT = 29500
+TERMINATION_GRACE_S = 180  # SIGTERM to SIGKILL, for the pod and for torchrun's ranks
 JOB_LABEL = "tokenmill.job"
 # The unprivileged user of docker/Dockerfile.trainer, and the folders it writes besides the
 # run volume (its home for library caches, DeepSpeed's TORCH_EXTENSIONS_DIR): with a
@@ -152,6 +154,7 @@ def render_manifests(
             f"--nnodes={nodes}",
             f"--nproc_per_node={procs}",
             "--max_restarts=0",
+            f"--shutdown-timeout={TERMINATION_GRACE_S}",
             f"--rdzv_id={job_name}",
             "--rdzv_backend=c10d",
             f"--rdzv_endpoint={job_name}-0.{job_name}:{RDZV_PORT}",
@@ -177,6 +180,9 @@ def render_manifests(
     pod: dict[str, Any] = {
         "subdomain": job_name,
         "restartPolicy": "Never",
+        # At activeDeadlineSeconds or a delete, the ranks get SIGTERM and this long to save a
+        # checkpoint (Kubernetes' default of 30 s, like torchrun's, is too short for a large model).
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
         # The ranks never call the Kubernetes API, and need no Service variables.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -270,6 +276,23 @@ def state_from(job: Any, pods: list[Any]) -> JobState:
     return JobState(Phase.PENDING, None, "job created, no pod yet")
 
 
+@contextlib.contextmanager
+def api_call(what: str):
+    """An API server that is busy (429), failing (5xx) or unreachable leaves a job's state
+    unknown: BackendUnavailable, which the watcher asks again about. Other API errors stand."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as exc:
+        if exc.status == 429 or (exc.status or 0) >= 500:
+            raise BackendUnavailable(f"{what}: HTTP {exc.status} {exc.reason}") from exc
+        raise
+    except HTTPError as exc:  # connection refused or reset, read timeout
+        raise BackendUnavailable(f"{what}: {exc}") from exc
+
+
 class KubernetesBackend(JobBackend):
     name = "kubernetes"
 
@@ -321,12 +344,23 @@ class KubernetesBackend(JobBackend):
 
     def _pods(self, handle: JobHandle) -> list[Any]:
         _, core = self._clients()
-        pods = core.list_namespaced_pod(self.namespace, label_selector=f"job-name={handle.job_id}").items
+        with api_call(f"pods of job {handle.job_id}"):
+            pods = core.list_namespaced_pod(self.namespace, label_selector=f"job-name={handle.job_id}").items
         return sorted(pods, key=lambda p: (p.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index", "0"))
 
     def status(self, handle: JobHandle) -> JobState:
+        from kubernetes.client.exceptions import ApiException
+
         batch, _ = self._clients()
-        return state_from(batch.read_namespaced_job_status(handle.job_id, self.namespace), self._pods(handle))
+        try:
+            with api_call(f"status of job {handle.job_id}"):
+                job = batch.read_namespaced_job_status(handle.job_id, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            # deleted, or removed by ttlSecondsAfterFinished: over, and how cannot be told
+            return JobState(Phase.EXITED, None, f"job {handle.job_id} no longer exists in namespace {self.namespace}")
+        return state_from(job, self._pods(handle))
 
     def logs(self, handle: JobHandle, since: int = 0) -> LogChunk:
         """Lines of every pod newer than `since` (microseconds since the epoch, from the
@@ -338,7 +372,8 @@ class KubernetesBackend(JobBackend):
         for pod in self._pods(handle):
             index = (pod.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index", "?")
             try:
-                text = core.read_namespaced_pod_log(pod.metadata.name, self.namespace, timestamps=True)
+                with api_call(f"log of pod {pod.metadata.name}"):
+                    text = core.read_namespaced_pod_log(pod.metadata.name, self.namespace, timestamps=True)
             except ApiException:  # a pod still pulling its image has no log yet
                 continue
             for line in text.splitlines():

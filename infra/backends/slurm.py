@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from infra.backends.base import JOB_ID_ENV, JobBackend, JobHandle, JobSpec, JobState, LogChunk, Phase, read_log_file
+from infra.backends.base import JOB_ID_ENV, BackendUnavailable, JobBackend, JobHandle, JobSpec, JobState, LogChunk, Phase, read_log_file
 from pipeline import names
 
 # Slurm job states (scontrol's JobState, sacct's State) by what they mean for the flow.
@@ -72,7 +72,7 @@ export {job_id_env}="slurm-$SLURM_JOB_ID"
 srun --kill-on-bad-exit=1 --ntasks-per-node=1 --cpus-per-task={cpus_per_task} \\
   --export="$SLURM_EXPORT_ENV,{job_id_env}" \\
   "$python" -m torch.distributed.run \\
-    --nnodes {nodes} --nproc_per_node {procs_per_node} --max_restarts 0 \\
+    --nnodes {nodes} --nproc_per_node {procs_per_node} --max_restarts 0 --shutdown-timeout {grace_s} \\
     --rdzv_id "$SLURM_JOB_ID" --rdzv_backend c10d --rdzv_endpoint "$head_node:$rdzv_port" \\
     "$@"
 """
@@ -102,13 +102,24 @@ def cpus_per_task(spec: JobSpec) -> int:
     return spec.cpus_per_node or spec.procs_per_node
 
 
-def batch_script(spec: JobSpec) -> str:
+def batch_script(spec: JobSpec, signal_grace_s: int = DEFAULT_SIGNAL_GRACE_S) -> str:
     return BATCH_SCRIPT.format(
         nodes=spec.nodes,
         procs_per_node=spec.procs_per_node,
         cpus_per_task=cpus_per_task(spec),
         job_id_env=JOB_ID_ENV,
+        grace_s=time_limit_grace(spec, signal_grace_s),
     )
+
+
+def time_limit_grace(spec: JobSpec, signal_grace_s: int) -> int:
+    """Seconds between the SIGTERM before the time limit and the limit: never more than half
+    the job's time. torchrun waits as long for its ranks to save (`--shutdown-timeout`; its
+    default of 30 s would kill a rank halfway through a large checkpoint)."""
+    grace = signal_grace(signal_grace_s)
+    if spec.time_limit_s is not None:
+        grace = min(grace, math.ceil(spec.time_limit_s / 60) * 30)
+    return grace
 
 
 def exported_names(spec: JobSpec, environ: dict[str, str]) -> list[str]:
@@ -141,12 +152,9 @@ def sbatch_argv(
         f"--chdir={run_dir}",
         f"--export={','.join(exported_names(spec, os.environ if environ is None else environ))}",
     ]
-    grace = signal_grace(signal_grace_s)
     if spec.time_limit_s is not None:
-        minutes = math.ceil(spec.time_limit_s / 60)
-        argv.append(f"--time={minutes}")
-        grace = min(grace, minutes * 30)  # never more than half the job's time
-    argv.append(f"--signal=TERM@{grace}")
+        argv.append(f"--time={math.ceil(spec.time_limit_s / 60)}")
+    argv.append(f"--signal=TERM@{time_limit_grace(spec, signal_grace_s)}")
     if spec.gpus_per_node:
         argv.append(f"--gpus-per-node={spec.gpus_per_node}")
     if spec.memory_gb is not None:
@@ -211,7 +219,10 @@ class SlurmBackend(JobBackend):
         full_env = {**os.environ, **(env or {})}
         if self.slurm_conf:
             full_env["SLURM_CONF"] = self.slurm_conf
-        result = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=60)
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            raise BackendUnavailable(f"{argv[0]} gave no answer in {exc.timeout:.0f}s") from exc
         if check and result.returncode != 0:
             raise SlurmError(f"{argv[0]} failed ({result.returncode}): {result.stderr.strip()}")
         return result
@@ -227,7 +238,7 @@ class SlurmBackend(JobBackend):
             environ={**os.environ, **spec.env},
         )
         (Path(spec.run_dir) / "logs").mkdir(parents=True, exist_ok=True)
-        script.write_text(batch_script(spec))
+        script.write_text(batch_script(spec, self.signal_grace_s))
         result = self._run(argv, env=spec.env)
         job_id = result.stdout.strip().split(";")[0]
         if not job_id.isdigit():
@@ -240,8 +251,12 @@ class SlurmBackend(JobBackend):
         if shown.returncode == 0 and shown.stdout.strip():
             fields = parse_scontrol(shown.stdout)
             return state_from(fields.get("JobState", ""), fields.get("ExitCode", ""), fields.get("Reason", ""))
+        if shown.returncode != 0 and "invalid job id" not in shown.stderr.lower():  # the controller did not answer: unknown, not gone
+            raise BackendUnavailable(f"scontrol show job {handle.job_id}: {shown.stderr.strip() or f'exit {shown.returncode}'}")
         # The controller drops finished jobs after MinJobAge; accounting (if any) still knows.
         acct = self._run(["sacct", "-n", "-P", "-X", "-j", handle.job_id, "-o", "State,ExitCode"], check=False)
+        if acct.returncode != 0 and "accounting storage is disabled" not in (acct.stdout + acct.stderr).lower():
+            raise BackendUnavailable(f"sacct -j {handle.job_id}: {acct.stderr.strip() or f'exit {acct.returncode}'}")
         rows = [r for r in acct.stdout.splitlines() if r.strip()] if acct.returncode == 0 else []
         if rows:
             state, _, exit_code = rows[0].partition("|")

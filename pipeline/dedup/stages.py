@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.dataset import DatasetVersion, ShardWriter, read_parquet, read_parquet_batches, unit_name
@@ -130,7 +131,8 @@ def _document_attributes(batch: pa.RecordBatch, config: DedupConfig) -> tuple[pa
         quality = batch.column(config.quality_column).cast(pa.float64())
     crawl = pa.nulls(n, pa.int64())
     if CRAWL_COLUMN in names and pa.types.is_timestamp(batch.schema.field(CRAWL_COLUMN).type):
-        crawl = batch.column(CRAWL_COLUMN).cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+        # floored first: a safe cast of micro- or nanosecond times to ms refuses to lose data
+        crawl = pc.floor_temporal(batch.column(CRAWL_COLUMN), unit="millisecond").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
     return quality, crawl
 
 

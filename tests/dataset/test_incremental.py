@@ -10,7 +10,8 @@ import pytest
 from pipeline import refresh
 from pipeline.dataset import DatasetVersion, latest_version
 from pipeline.storage import SourceChanged, join
-from tests.dataset.conftest import put_jsonl
+from pipeline.process import EmptyOutputError
+from tests.dataset.conftest import LIGHT_FILTERS, put_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +78,14 @@ def test_reads_carry_if_match_while_streaming(refresh_inputs, store, bucket):
     stream.seek(5_000_000 // 2)
     with pytest.raises(SourceChanged):
         stream.read(100)
+
+
+def test_filters_that_keep_nothing_fail_naming_what_dropped_it(refresh_inputs, bucket):
+    """Every document dropped (here: no page has a billion words) used to fail later, in the
+    dedup plan, with "no input shards to deduplicate"; now the error says what was read and
+    which rule dropped it, and nothing is sealed."""
+    dataset = join(bucket, "emptied")
+    plan = refresh_inputs.plan(dataset, filters={**LIGHT_FILTERS, "gopher_quality": {"min_words": 10**9}})
+    with pytest.raises(EmptyOutputError, match=r"kept none of the \d+ documents read \(dropped by rule: \{.*gopher_quality"):
+        refresh.run_refresh(plan)
+    assert not plan.final.is_sealed()

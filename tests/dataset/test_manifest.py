@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from pipeline.dataset import DatasetVersion, Manifest, ShardEntry, ShardWriter, advance_latest, latest_version, read_parquet, sealed_versions
+from pipeline.dataset import DatasetVersion, Manifest, ShardEntry, ShardWriter, advance_latest, latest_uri, latest_version, read_parquet, sealed_versions
 from pipeline.names import InvalidName
 from pipeline.schema import DOCUMENT_SCHEMA
-from pipeline.storage import ObjectStore, join
+from pipeline.storage import ObjectStore, StorageError, join
 from tests.dataset.workloads import unit_docs
 
 
@@ -59,7 +59,8 @@ def test_commit_cost_does_not_grow_with_units(s3_settings, bucket):
         store.calls, store.bytes_written = {}, 0
         version.commit_unit(f"unit-{i:04d}", [entry(version, f"unit-{i:04d}")], counts={"docs": 10})
         costs.append((dict(store.calls), store.bytes_written))
-    assert costs[1][0] == costs[59][0] == {"head": 1, "put": 1}, "commit #60 makes the same requests as commit #2: no listing, no rewrite"
+    # a HEAD before (sealed?), the PUT, a HEAD after (sealed meanwhile? then the record is withdrawn)
+    assert costs[1][0] == costs[59][0] == {"head": 2, "put": 1}, "commit #60 makes the same requests as commit #2: no listing, no rewrite"
     # the same bytes but for the digits of the commit time
     assert abs(costs[1][1] - costs[59][1]) <= 8 and costs[59][1] < 600
     manifest = version.manifest()
@@ -84,8 +85,8 @@ def test_seal_compacts_and_lists(store, bucket):
 
 
 def test_losing_writer_leaves_no_rows_for_a_globbing_reader(store, bucket):
-    """Two attempts of the same unit race: the first commit wins, the loser's objects are
-    orphans until the seal removes them; globbing data/*.parquet then equals the manifest."""
+    """Two attempts of the same unit race: the first commit wins and the loser deletes what it
+    uploaded; globbing data/*.parquet equals the manifest before and after the seal."""
     version = DatasetVersion(join(bucket, "ds"), "v1", store)
     writers = [ShardWriter(version, "u", schema=DOCUMENT_SCHEMA) for _ in range(2)]
     for w in writers:
@@ -93,12 +94,49 @@ def test_losing_writer_leaves_no_rows_for_a_globbing_reader(store, bucket):
     first = writers[0].commit()
     second = writers[1].commit()
     assert second["shards"] == first["shards"], "the first commit stays"
-    assert version.orphans(), "the losing attempt's shard is there, unlisted"
+    assert version.orphans() == [], "the losing attempt took its shard back"
     version.seal()
     globbed = sum(read_parquet(store, o.uri).num_rows for o in store.list(join(version.uri, "data") + "/"))
     assert globbed == version.manifest().rows == 600
     for w in writers:
         w.__exit__(None, None, None)
+
+
+def test_a_unit_committed_after_the_seal_is_refused_and_takes_its_shards_back(store, bucket):
+    """A late attempt (a timed-out task whose thread ran on) that commits after the version
+    was sealed: the record is withdrawn, the unit is not reported as committed, and its shards
+    are deleted, so the sealed version's data/ is exactly its manifest."""
+    version = DatasetVersion(join(bucket, "ds"), "v1", store)
+    late = ShardWriter(version, "late", schema=DOCUMENT_SCHEMA)
+    late.write(unit_docs(0))
+    with ShardWriter(version, "u", schema=DOCUMENT_SCHEMA) as writer:
+        writer.write(unit_docs(1))
+        writer.commit()
+    version.seal()
+    with pytest.raises(StorageError, match="sealed"):
+        late.commit()
+    late.__exit__(None, None, None)
+    assert not version.has_unit("late") and version.unit("late") is None
+    assert version.orphans() == [] and version.manifest().units.keys() == {"u"}
+
+
+def test_a_commit_record_landing_just_after_the_seal_is_withdrawn(s3_settings, bucket):
+    """The race the check before the PUT cannot see: the seal compacts and lists the version
+    between that check and the record's PUT."""
+    plain = ObjectStore(s3_settings)
+    dataset = join(bucket, "ds")
+
+    class SealingFirst(ObjectStore):
+        def put_bytes(self, uri, data, **kwargs):
+            if uri.endswith("/_commits/late.json"):
+                DatasetVersion(dataset, "v1", plain).seal()
+            return super().put_bytes(uri, data, **kwargs)
+
+    version = DatasetVersion(dataset, "v1", SealingFirst(s3_settings))
+    version.commit_unit("u", [entry(version, "u")])
+    with pytest.raises(StorageError, match="sealed while unit late was being committed"):
+        version.commit_unit("late", [entry(version, "late")])
+    assert not version.has_unit("late") and version.manifest().units.keys() == {"u"}
 
 
 def test_latest_pointer_never_moves_back(store, bucket):
@@ -115,6 +153,12 @@ def test_latest_pointer_never_moves_back(store, bucket):
     oldest = min(manifests, key=lambda m: (m.sealed_at, m.version))
     assert advance_latest(dataset, oldest, store) is False
     DatasetVersion(dataset, oldest.version, store).finish_seal(oldest)  # a late repair of an old seal
+    assert latest_version(dataset, store).version == newest.version
+
+    # A dataset sealed before pointers existed: readers took the newest marker. Repairing an
+    # old seal (gc) creates the first pointer, and it must name the newest version, not the old one.
+    store.delete(latest_uri(dataset))
+    DatasetVersion(dataset, oldest.version, store).finish_seal(oldest)
     assert latest_version(dataset, store).version == newest.version
 
 

@@ -56,3 +56,19 @@ def test_the_most_complete_copy_is_kept_by_the_documented_rule(store, bucket, sh
     assert representative == {"a1": "z9", "a2": "z9", "q-a": "q-b", "r-a": "r-b", "r-c": "r-b", "s-b": "s-a"}
     kept = set(version.read_table(columns=["id"]).column("id").to_pylist())
     assert kept == {"z9", "q-b", "r-b", "s-a"}
+
+
+def test_crawl_times_finer_than_a_millisecond_are_read(store, bucket, shared):
+    """An imported shard may carry microsecond crawl times (a safe cast to ms refused them and
+    failed the signatures stage on every retry); the earlier crawl is kept."""
+    text = web_docs(shared, 5, min_words=300)[0]["text"]
+    crawl = pa.array([dt.datetime(2024, 5, 1, 0, 0, 1, 999_999), dt.datetime(2024, 5, 1, 0, 0, 0, 1)], pa.timestamp("us", tz="UTC"))
+    table = documents_from_pylist([{"id": i, "text": t, "source": "t"} for i, t in (("a", text), ("b", text.upper()))])
+    table = table.set_column(table.schema.get_field_index("crawl_timestamp"), "crawl_timestamp", crawl)
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    uri = join(bucket, "us/0.parquet")
+    store.put_bytes(uri, sink.getvalue())
+    version = DatasetVersion(join(bucket, "us-d"), "v1", store)
+    run_dedup([uri], join(bucket, "us-w"), version, DedupConfig(num_perm=120, threshold=0.8, verify_jaccard=True))
+    assert {r["id"]: r["representative"] for r in read_removals(version).to_pylist()} == {"a": "b"}

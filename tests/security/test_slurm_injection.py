@@ -164,6 +164,8 @@ def test_sbatch_argv_is_one_entry_per_option_and_exports_only_named_variables(tm
     assert not any("s3cr3t" in entry for entry in argv), "values travel in the environment, never on the command line"
     short = JobSpec(name="n", command=["x"], run_dir=str(tmp_path), time_limit_s=60)
     assert "--signal=TERM@30" in sbatch_argv(short, script, python=sys.executable, environ={}), "at most half the time"
+    # torchrun gives its ranks as long to save before it kills them (its own default is 30 s)
+    assert "--shutdown-timeout 30 " in batch_script(short) and "--shutdown-timeout 180 " in batch_script(JobSpec(name="n", command=["x"], run_dir=str(tmp_path)))
 
 
 JOB_PROGRAM = """

@@ -52,6 +52,8 @@ def test_manifests_describe_an_indexed_multi_node_torchrun_job():
     argv = container.command
     assert argv[:3] == ["python", "-m", "torch.distributed.run"]
     assert "--nnodes=4" in argv and "--nproc_per_node=8" in argv and "--rdzv_backend=c10d" in argv
+    # a deadline or a delete gives the ranks 180 s to save, in Kubernetes and in torchrun (both default to 30 s)
+    assert pod.termination_grace_period_seconds == 180 and "--shutdown-timeout=180" in argv
     assert f"--rdzv_endpoint={name}-0.{name}:29500" in argv
     assert argv[-len(SPEC.command) :] == SPEC.command
     assert container.working_dir == "/runs/big"
@@ -130,3 +132,28 @@ def test_pending_jobs_say_why_and_time_limits_are_not_failures():
     deadline = state_from(job([("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")]), [pod("Failed", 143)])
     assert deadline.phase == Phase.FAILED and deadline.time_limit
     assert not state_from(job([("Failed", "BackoffLimitExceeded", "")], failed=1), [pod("Failed", 1)]).time_limit
+
+
+@pytest.mark.parametrize(("status", "transient"), [(429, True), (500, True), (503, True), (403, False), (422, False)])
+def test_a_busy_or_failing_api_server_leaves_the_job_unknown(status, transient):
+    """A 429 or 5xx while asking about a job is not the job failing (the watcher asks again);
+    a 403 or 422 will recur and stands."""
+    from kubernetes.client.exceptions import ApiException
+
+    from infra.backends import BackendUnavailable
+    from infra.backends.kubernetes import api_call
+
+    with pytest.raises(BackendUnavailable if transient else ApiException):
+        with api_call("status of job j"):
+            raise ApiException(status=status, reason="x")
+
+
+def test_an_unreachable_api_server_leaves_the_job_unknown():
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    from infra.backends import BackendUnavailable
+    from infra.backends.kubernetes import api_call
+
+    with pytest.raises(BackendUnavailable, match="status of job j"):
+        with api_call("status of job j"):
+            raise MaxRetryError(None, "https://k8s:6443/apis", NewConnectionError(None, "connection refused"))

@@ -137,3 +137,44 @@ def test_cancel_of_a_job_that_is_slow_to_go_returns_a_note(slurm_cluster, tmp_pa
     note = backend.cancel(handle)
     assert note is not None and handle.job_id in note and "Slurm will finish it" in note
     wait_for(lambda: backend.status(handle).finished, timeout_s=120)
+
+
+def test_a_controller_that_does_not_answer_leaves_the_job_unknown_not_failed(slurm_cluster, tmp_path):
+    """scontrol that cannot reach slurmctld (restarting, overloaded) used to read as "job
+    unknown: FAILED", and the flow restarted a job that was still running. Now the watcher
+    asks again, sees the job running when the controller answers, and gives up (raises)
+    only after `unavailable_timeout_s`."""
+    import re
+
+    from flows.watch import AttemptWatcher, MetricsLog
+    from infra.backends import BackendUnavailable
+    from infra.backends.slurm import SlurmBackend
+
+    # The same cluster seen through a controller port nobody listens on: a real scontrol's connect failure.
+    silent_conf = tmp_path / "silent-slurm.conf"
+    silent_conf.write_text(re.sub(r"(?m)^SlurmctldPort=\d+$", "SlurmctldPort=1", slurm_cluster.conf.read_text()) + "MessageTimeout=1\n")
+    backend = SlurmBackend(slurm_conf=str(slurm_cluster.conf))
+    handle = backend.submit(spec_for(tmp_path, "sleep", "silent"))
+    try:
+        notes: list[str] = []
+        watcher = AttemptWatcher(backend, handle, world_size=2, metrics=MetricsLog(tmp_path / "metrics.jsonl"), stall_timeout_s=600,
+                                 startup_timeout_s=600, unavailable_timeout_s=3600, on_unavailable=notes.append)  # fmt: skip
+        wait_for(lambda: backend.status(handle).phase == Phase.RUNNING)
+        backend.slurm_conf = str(silent_conf)
+        with pytest.raises(BackendUnavailable, match="Unable to contact slurm controller"):
+            backend.status(handle)
+        assert watcher.poll() is None and watcher.poll() is None
+        assert len(notes) == 1 and "asking again" in notes[0], notes
+
+        backend.slurm_conf = str(slurm_cluster.conf)
+        assert watcher.poll() is None and backend.status(handle).phase == Phase.RUNNING  # it ran on all along
+        assert "answers again" in notes[-1]
+
+        watcher.unavailable_timeout_s = 0.0
+        backend.slurm_conf = str(silent_conf)
+        assert watcher.poll() is None  # the first failure starts the clock
+        with pytest.raises(BackendUnavailable, match="may still be running"):
+            watcher.poll()
+    finally:
+        backend.slurm_conf = str(slurm_cluster.conf)
+        backend.cancel(handle)
