@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from prefect import flow, get_run_logger, task
@@ -40,10 +40,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from flows.train_report import artifact_key, publish, summarize
 from flows.watch import COMPLETION_FILE, FAILURES_DIR, HEARTBEAT_DIR, STOPPED_FILE, AttemptWatcher, MetricsLog, Verdict
 from infra.backends import JobBackend, JobHandle, JobSpec, make_backend
-from pipeline import names
+from pipeline import lease, names
 from pipeline.dataset import latest_version
 from pipeline.lineage import record_training_run
-from pipeline.settings import StorageSettings, data_root, tokenmill_home
+from pipeline.settings import StorageSettings, data_root, lease_ttl_s, tokenmill_home
 from pipeline.storage import ObjectStore, basename, join
 
 JOB_FILE = "job.json"  # the running attempt: its handle, attempt number and submission time
@@ -414,11 +414,13 @@ def watch(params: TrainParameters, job: dict, metrics: MetricsLog, progress_id) 
     return verdict, metrics
 
 
-def cancel_job(params: TrainParameters) -> str | None:
-    """Cancel the attempt recorded in the run directory, if any (idempotent). Returns the
-    backend's note when the job is not gone yet (the scheduler finishes it)."""
+def cancel_job(params: TrainParameters, job_id: str | None = None) -> str | None:
+    """Cancel the attempt recorded in the run directory, if any (idempotent), and only if it
+    is `job_id` when that is given (the job this flow watched, not one a later driver of the
+    run submitted). Returns the backend's note when the job is not gone yet (the scheduler
+    finishes it)."""
     job = recorded_job(params)
-    if job is None:
+    if job is None or (job_id is not None and job["handle"]["job_id"] != job_id):
         return None
     handle = JobHandle.from_dict(job["handle"])
     note = backend_for(params, handle.backend).cancel(handle)
@@ -530,29 +532,44 @@ def train(params: TrainParameters) -> dict:
     record_training_run(params.dataset_uri, version, params.run_name, params.outputs_uri, store)  # for `tokenmill lineage`
     tokenizer_uri = prepare_tokenizer(params, version)
     tokens = tokenize(params, version, tokenizer_uri)
-    config_path = run_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(trainer_config(params, tokens), sort_keys=False))
-
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
-    metrics.read_new()  # what earlier runs of this run name logged: progress continues from it
-    started = time.time()  # wall time and device-hours count from here
-    job = running_job(params)
-    completion = None if job else finished_run(params, tokens)
-    restarts: list[dict] = []
-    if completion is not None:
-        logger.info("run %s already finished at step %s: reporting it", params.run_name, completion["step"])
-    else:
-        verdict = run_attempts(params, config_path, metrics, job, restarts)
-        completion = verdict.completion or {}
-    summary = summarize(params, metrics, completion, time.time() - started)
-    hf_dir = export_model(params, completion["checkpoint"]) if params.export_hf and completion.get("checkpoint") else None
-    locations = publish(params, summary, metrics, completion, hf_dir, restarts)
+    # One flow run drives a run at a time (a duplicate "dataset ready" event, a manual re-run
+    # beside a live one): a second would submit its own job into the same checkpoints, or
+    # cancel the first one's. A crashed driver's lease expires after its TTL, so the re-run
+    # that adopts its job waits that long at most.
+    with lease.holding(params.outputs_uri, run_driver(), wait_s=lease_ttl_s() + 2 * lease.POLL_S, what=f"training run {params.run_name}") as held:
+        config_path = run_dir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(trainer_config(params, tokens), sort_keys=False))
+        metrics = MetricsLog(run_dir / "metrics.jsonl")
+        metrics.read_new()  # what earlier runs of this run name logged: progress continues from it
+        started = time.time()  # wall time and device-hours count from here
+        job = running_job(params)
+        completion = None if job else finished_run(params, tokens)
+        restarts: list[dict] = []
+        if completion is not None:
+            logger.info("run %s already finished at step %s: reporting it", params.run_name, completion["step"])
+        else:
+            verdict = run_attempts(params, config_path, metrics, job, restarts, held.check)
+            completion = verdict.completion or {}
+        summary = summarize(params, metrics, completion, time.time() - started)
+        hf_dir = export_model(params, completion["checkpoint"]) if params.export_hf and completion.get("checkpoint") else None
+        held.check()
+        locations = publish(params, summary, metrics, completion, hf_dir, restarts)
     return {**locations, "run_dir": str(run_dir), "summary": summary, "restarts": restarts, "tokens": tokens}
 
 
-def run_attempts(params: TrainParameters, config_path: Path, metrics: MetricsLog, adopted: dict | None, restarts: list[dict]) -> Verdict:
+def run_driver() -> str:
+    """Who drives the run: the flow run (its retries are the same driver), else this process."""
+    context = get_run_context()
+    flow_run = getattr(context, "flow_run", None)
+    return f"flow run {flow_run.id}" if flow_run is not None else lease.default_holder()
+
+
+def run_attempts(
+    params: TrainParameters, config_path: Path, metrics: MetricsLog, adopted: dict | None, restarts: list[dict], still_driving: Callable[[], None]
+) -> Verdict:
     """Submit (or adopt), watch, and restart per the policy until the run completes; raises
-    when it cannot."""
+    when it cannot. `still_driving` raises when this flow no longer holds the run's lease:
+    checked before each submission."""
     logger = get_run_logger()
     progress_id = create_progress_artifact(
         100.0 * min(metrics.last_step, params.steps) / params.steps, description=f"training {params.run_name}"
@@ -569,9 +586,10 @@ def run_attempts(params: TrainParameters, config_path: Path, metrics: MetricsLog
         while True:
             start_step = checkpoint_step(params)
             if job is None:
+                still_driving()
                 job = submit(params, config_path, attempt, overrides)
             verdict, metrics = watch(params, job, metrics, progress_id)
-            note = cancel_job(params)  # also after a failure: sweeps up ranks a dying launcher left behind
+            note = cancel_job(params, job["handle"]["job_id"])  # also after a failure: sweeps up ranks a dying launcher left behind
             if note:
                 logger.warning(note)
             if verdict.ok:
@@ -608,7 +626,7 @@ def run_attempts(params: TrainParameters, config_path: Path, metrics: MetricsLog
             else:
                 logger.warning("restarting from the latest checkpoint (failure %d of at most %d)", failures, params.max_restarts)
     finally:
-        note = cancel_job(params)  # a flow that fails or is cancelled leaves no job behind
+        note = cancel_job(params, job["handle"]["job_id"]) if job else None  # a flow that fails or is cancelled leaves no job behind
         if note:
             logger.warning(note)
 

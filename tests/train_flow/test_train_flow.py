@@ -16,6 +16,7 @@ import pytest
 
 from flows.train import TrainParameters, train
 from infra.backends import JOB_ID_ENV
+from pipeline.lease import LeaseHeld
 from pipeline.storage import ObjectStore
 from tests.train_flow.conftest import job_env_processes, local_job_ids
 
@@ -226,9 +227,10 @@ def test_a_termination_signal_checkpoints_and_the_flow_continues(prefect_harness
 
 
 @pytest.mark.slow
-def test_a_killed_flow_leaves_its_job_to_be_adopted(prefect_harness, corpus, bucket, runs_dir):
+def test_a_killed_flow_leaves_its_job_to_be_adopted(prefect_harness, corpus, bucket, runs_dir, monkeypatch):
     """SIGKILL of the flow process (no hook can run): its job trains on, and the next run of
-    the flow with the same run name adopts that job instead of submitting another one."""
+    the flow with the same run name adopts that job instead of submitting another one (once
+    the dead driver's lease on the run has expired: 8 s here)."""
     import os
     import subprocess
     import sys
@@ -239,6 +241,7 @@ def test_a_killed_flow_leaves_its_job_to_be_adopted(prefect_harness, corpus, buc
         run_name="orphan", dataset_uri=corpus, steps=16, runs_dir=str(runs_dir), output_uri=f"{bucket}/runs/orphan", export_hf=False, **TINY
     )
     run_dir = runs_dir / "orphan"
+    monkeypatch.setenv("TOKENMILL_LEASE_TTL_S", "8")
     program = "import sys; from flows.train import TrainParameters, train; train(params=TrainParameters.model_validate_json(sys.argv[1]))"
     flow_proc = subprocess.Popen(
         [sys.executable, "-c", program, params.model_dump_json()], env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
@@ -322,16 +325,18 @@ def test_dataset_ready_event_starts_a_training_run(prefect_harness):
 
 
 @pytest.mark.slow
-def test_terminating_the_flow_process_cancels_the_job(prefect_harness, corpus, runs_dir):
-    """A Prefect runner cancels a flow run by sending SIGTERM to its process: the flow's
-    finally block must take the job's ranks down with it."""
+def test_terminating_the_flow_process_cancels_the_job(prefect_harness, corpus, bucket, runs_dir, monkeypatch):
+    """A second flow run of the same run while the first drives it is refused (it would submit
+    a job into the same checkpoints), and leaves the first one's job alone. A Prefect runner
+    cancels a flow run by sending SIGTERM to its process: the flow's finally block must take
+    the job's ranks down with it."""
     import os
     import subprocess
     import sys
 
     from prefect.settings import PREFECT_API_URL
 
-    params = TrainParameters(run_name="doomed", dataset_uri=corpus, steps=1000, runs_dir=str(runs_dir), **TINY)
+    params = TrainParameters(run_name="doomed", dataset_uri=corpus, steps=1000, runs_dir=str(runs_dir), output_uri=f"{bucket}/runs/doomed", **TINY)
     program = "import sys; from flows.train import TrainParameters, train; train(params=TrainParameters.model_validate_json(sys.argv[1]))"
     flow_proc = subprocess.Popen(
         [sys.executable, "-c", program, params.model_dump_json()], env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
@@ -349,6 +354,10 @@ def test_terminating_the_flow_process_cancels_the_job(prefect_harness, corpus, r
         while not (job_id := ranks_started()):
             assert flow_proc.poll() is None and time.monotonic() < deadline, "the flow never started its job"
             time.sleep(0.3)
+        monkeypatch.setenv("TOKENMILL_LEASE_TTL_S", "8")  # how long the second driver waits: TTL + 10 s
+        with pytest.raises(LeaseHeld, match="training run doomed .* in progress by flow run "):
+            train(params=params)
+        assert len(job_env_processes(job_id)) >= 2 and json.loads(job_file.read_text())["handle"]["job_id"] == job_id
         flow_proc.send_signal(signal.SIGTERM)
         flow_proc.wait(timeout=60)
     finally:
