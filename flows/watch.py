@@ -318,8 +318,11 @@ class AttemptWatcher:
 
     def _classify_end(self, state: JobState) -> Verdict:
         completion = read_completion(self.run_dir, self.since)
-        if completion is not None and state.phase in (Phase.SUCCEEDED, Phase.EXITED):
-            return Verdict("completed", "completion record written", state, completion)
+        if completion is not None and state.phase != Phase.CANCELLED:
+            # Rank 0's last act, after the final checkpoint: the run is done even when a rank
+            # died in teardown afterwards (a non-zero exit is reported, not retried).
+            how = "" if state.phase in (Phase.SUCCEEDED, Phase.EXITED) else f" (then the job ended {state.phase.value.lower()}: {state.reason or f'exit {state.exit_code}'})"
+            return Verdict("completed", "completion record written" + how, state, completion)
         stopped = _read_record(self.run_dir / STOPPED_FILE, self.since)
         if stopped is not None:
             return Verdict("interrupted", f"stopped at step {stopped.get('step')} with a checkpoint ({stopped.get('reason')})", state, details=stopped)

@@ -35,10 +35,12 @@ _SUCCEEDED = {"COMPLETED"}
 _TIME_LIMIT = {"TIMEOUT", "DEADLINE", "PREEMPTED"}
 # Pending reasons that waiting will not cure (slurm.conf limits, bad options, a dependency that
 # failed): the job would sit in the queue until the queue timeout. `squeue --help` / the
-# "JOB REASON CODES" section of squeue(1) list them.
+# "JOB REASON CODES" section of squeue(1) list them. Not here: PartitionDown, PartitionInactive
+# and JobHeldAdmin, which an administrator sets for maintenance and lifts again (the queue
+# timeout bounds the wait).
 NEVER_STARTS = {
     "BadConstraints", "DependencyNeverSatisfied", "InvalidAccount", "InvalidQOS", "PartitionConfig",
-    "PartitionNodeLimit", "PartitionTimeLimit", "PartitionDown", "PartitionInactive", "JobHeldAdmin",
+    "PartitionNodeLimit", "PartitionTimeLimit",
     "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit", "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob",
     "AssocMaxWallDurationPerJobLimit", "AssocMaxNodesPerJobLimit", "AssocMaxCpuPerJobLimit",
 }  # fmt: skip

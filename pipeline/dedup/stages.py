@@ -219,17 +219,24 @@ def filter_stage(shard_uri: str, work_uri: str, out_version: DatasetVersion, con
     reasons = Counter(f"duplicate_{s}" for s in drop.column("stage").to_pylist())
     with store.open_random_access(shard_uri) as fh:
         schema = pq.ParquetFile(fh).schema_arrow
-    row0 = 0
+    if len(drop_rows) != len(np.unique(drop_rows)):
+        raise DedupError(f"{work_uri}: shard {shard} has a row removed twice (a stale or mixed work folder)")
+    row0 = kept = 0
     with ShardWriter(out_version, unit, schema=schema) as writer:
         for batch in read_parquet_batches(store, shard_uri):
             n = batch.num_rows
             keep = np.ones(n, bool)
             lo, hi = np.searchsorted(drop_rows, [row0, row0 + n])
             keep[drop_rows[lo:hi] - row0] = False
+            kept += int(keep.sum())
             writer.write(batch.filter(pa.array(keep)))
             row0 += n
-        dropped = int(sum(reasons.values()))
-        counts = {"docs_in": row0, "kept": row0 - dropped, "dropped": dict(sorted(reasons.items())), "cpu_seconds": round(time.process_time() - started, 3)}
+        # Row positions come from the signatures stage: a shard that changed since (or a
+        # work folder of another plan) would drop the wrong rows, so the counts must agree.
+        if row0 != plan["rows"][shard] or kept != row0 - len(drop_rows):
+            raise DedupError(f"{shard_uri}: {row0} rows read, {plan['rows'][shard]} planned, {len(drop_rows)} to drop, {kept} kept: "
+                             "the shard is not the one the dedup plan saw")  # fmt: skip
+        counts = {"docs_in": row0, "kept": kept, "dropped": dict(sorted(reasons.items())), "cpu_seconds": round(time.process_time() - started, 3)}
         writer.commit(counts=counts, config_hash_=config.hash)
     return {**counts, "skipped": False}
 

@@ -137,6 +137,10 @@ def test_exact_only_and_stage_order_errors(store, bucket, corpus):
     assert sorted(removals.column("id").to_pylist()) == ["zz-exact", "zz-short-2"]
     assert pc.all(pc.equal(removals.column("stage"), "exact")).as_py()
     assert sum(layout.gather(store, join(work, "drop", layout.shard_name(i)), DROP_SCHEMA).num_rows for i in range(3)) == 2
+    # A shard replaced after the plan (one row fewer): its drop rows would remove other documents.
+    _write_shards(store, bucket, [corpus["shards"][0][1:]])
+    with pytest.raises(DedupError, match="not the one the dedup plan saw"):
+        job.filter(uris[0])
 
 
 def test_empty_shard_and_no_duplicates(store, bucket):

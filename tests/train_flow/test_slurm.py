@@ -66,6 +66,20 @@ def test_sweep_of_training_flows_on_slurm(slurm_cluster, prefect_harness, corpus
     assert table is not None and [r["trial"] for r in json.loads(table["data"])] == ["sw-t00", "sw-t01"]
 
 
+@pytest.mark.parametrize(
+    ("reason", "never"),
+    [("PartitionTimeLimit", True), ("InvalidAccount", True), ("DependencyNeverSatisfied", True),
+     ("Resources", False), ("Priority", False), ("PartitionDown", False), ("JobHeldAdmin", False), ("PartitionInactive", False)],  # fmt: skip
+)
+def test_only_pending_reasons_no_wait_can_cure_fail_the_job_at_once(reason, never):
+    """A limit the job exceeds fails at once; a busy cluster or an administrator's maintenance
+    (a partition set down, a job held) is waited out, up to the queue timeout."""
+    from infra.backends.slurm import state_from
+
+    state = state_from("PENDING", "0:0", reason)
+    assert state.phase == Phase.PENDING and state.never_starts is never and reason in state.reason
+
+
 def test_the_srun_line_gives_every_task_its_cpus():
     """Since Slurm 22.05 srun does not inherit sbatch's --cpus-per-task: without it on the srun
     line a task (torchrun and all its ranks) is bound to one CPU under task/affinity. The test

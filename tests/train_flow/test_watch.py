@@ -45,6 +45,14 @@ elif mode == "kill-rank1":
     if rank == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(600)
+elif mode == "teardown-crash":  # the work is done, then a rank dies tearing down (an NCCL abort)
+    if rank == 0:
+        write_json_atomic(run / "COMPLETED.json", {"step": 3, "checkpoint": "ckpt"})
+    beat.close()
+    time.sleep(0.5)
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(2)
 elif mode == "config":
     record_failure(run, rank, "config", "model: dim 256 is not a multiple of n_heads 3")
     print(f"model.train: error (rank {rank}): config: model: dim 256 is not a multiple of n_heads 3", flush=True)
@@ -100,3 +108,11 @@ def test_a_killed_rank_is_named_with_its_signal(tmp_path):
 def test_a_configuration_error_is_not_worth_retrying(tmp_path):
     verdict, _ = watch(tmp_path, "config")
     assert verdict.outcome == "config_error" and verdict.will_recur and "not a multiple of n_heads" in verdict.reason
+
+
+def test_a_rank_that_dies_after_the_completion_record_does_not_undo_the_run(tmp_path):
+    """Rank 0 writes the completion record as its last act, after the final checkpoint: a rank
+    crashing in teardown afterwards (launcher exit non-zero) must not send a finished run
+    back to training."""
+    verdict, _ = watch(tmp_path, "teardown-crash")
+    assert verdict.outcome == "completed" and verdict.state.exit_code != 0 and "exit" in verdict.reason, verdict.reason
