@@ -118,6 +118,29 @@ def _fold_separators(texts: pa.LargeStringArray) -> pa.LargeStringArray:
     )
 
 
+# Text shingled at once: normalising makes a few copies of it, and the word lists index it
+# with 32-bit offsets, so a batch is bounded in bytes as well as in documents.
+MAX_BATCH_TEXT_BYTES = 64 << 20
+
+
+def bounded_slices(texts: pa.Array | pa.ChunkedArray, max_docs: int, max_bytes: int | None = None) -> list[tuple[int, int]]:
+    """(start, stop) row ranges covering `texts` in order, each at most `max_docs` rows and
+    `max_bytes` (default MAX_BATCH_TEXT_BYTES) bytes of text; a single larger document makes
+    a range of its own."""
+    max_bytes = max_bytes or MAX_BATCH_TEXT_BYTES
+    n = len(texts)
+    sizes = pc.fill_null(pc.binary_length(texts), 0).to_numpy(zero_copy_only=False).astype(np.int64) if n else np.zeros(0, np.int64)
+    ends = np.cumsum(sizes)
+    out, start = [], 0
+    while start < n:
+        base = ends[start - 1] if start else 0
+        stop = int(np.searchsorted(ends, base + max_bytes, side="right"))
+        stop = min(max(stop, start + 1), start + max_docs, n)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
 def normalize(texts: pa.Array | pa.ChunkedArray) -> pa.LargeStringArray:
     """NFKC, lower case, invisible characters deleted and every separator character replaced
     by a space: the words of a document are the non-empty runs between spaces. Nulls become

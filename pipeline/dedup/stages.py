@@ -42,11 +42,11 @@ from pipeline.dedup.components import MAX_STEPS, components_step, converged
 from pipeline.dedup.config import DedupConfig, DedupError
 from pipeline.dedup.minhash import band_hashes, signatures
 from pipeline.dedup.representatives import DROP_SCHEMA, REMOVALS_SCHEMA, attach_stage, choose_stage
-from pipeline.dedup.shingles import normalize, shingle_hashes
+from pipeline.dedup.shingles import bounded_slices, normalize, shingle_hashes
 from pipeline.dedup.verify import gather_stage, verify_stage
 from pipeline.storage import ObjectStore, join
 
-BATCH_ROWS = 1024  # documents shingled at once: bounds the signatures stage's memory
+BATCH_ROWS = 1024  # documents shingled at once (and at most MAX_BATCH_TEXT_BYTES of text): bounds the stage's memory
 CRAWL_COLUMN = "crawl_timestamp"
 
 
@@ -154,7 +154,8 @@ def signatures_stage(shard_uri: str, work_uri: str, config: DedupConfig, store: 
     bands, rows = config.band_params
     docs_parts, band_parts, exact_parts = [], [], []
     row0, shingles = 0, 0
-    for batch in read_parquet_batches(store, shard_uri, columns=columns, batch_size=BATCH_ROWS):
+    batches = read_parquet_batches(store, shard_uri, columns=columns, batch_size=BATCH_ROWS)
+    for batch in (b.slice(start, stop - start) for b in batches for start, stop in bounded_slices(b.column("text"), BATCH_ROWS)):
         n = batch.num_rows
         keys = (np.uint64(shard) << np.uint64(layout.ROW_BITS)) | np.arange(row0, row0 + n, dtype=np.uint64)
         row0 += n

@@ -21,7 +21,7 @@ from pipeline.dataset import read_parquet, read_parquet_batches
 from pipeline.dedup import layout
 from pipeline.dedup.candidates import PAIRS_SCHEMA, WANTED_SCHEMA, first_of_runs, ragged_arange, unique_pairs
 from pipeline.dedup.config import DedupConfig, DedupError
-from pipeline.dedup.shingles import normalize, shingle_hashes
+from pipeline.dedup.shingles import bounded_slices, normalize, shingle_hashes
 from pipeline.storage import ObjectStore, join
 
 TEXTS_SCHEMA = pa.schema([("key", pa.uint64()), ("text", pa.large_string())])
@@ -78,8 +78,8 @@ def gather_stage(shard_uri: str, work_uri: str, config: DedupConfig, store: Obje
 def shingle_sets(texts: pa.ChunkedArray | pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct 64-bit shingle hashes of each text, concatenated, and their offsets."""
     values, counts = [], []
-    for start in range(0, len(texts), SET_BATCH_DOCS):
-        sh = shingle_hashes(normalize(texts.slice(start, SET_BATCH_DOCS)), ngram)
+    for start, stop in bounded_slices(texts, SET_BATCH_DOCS):
+        sh = shingle_hashes(normalize(texts.slice(start, stop - start)), ngram)
         doc = np.repeat(np.arange(len(sh.offsets) - 1), sh.counts)
         order = np.lexsort([sh.hashes, doc])
         h, d = sh.hashes[order], doc[order]

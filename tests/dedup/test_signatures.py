@@ -124,3 +124,47 @@ def test_threshold_sets_the_bands_when_candidates_are_verified():
     assert DedupConfig(**{**DEFAULT_DEDUP, "threshold": 0.7}).band_params == (30, 4)
     with pytest.raises(DedupError, match="leave bands/rows out"):
         DedupConfig(num_perm=120, threshold=0.5, bands=10, rows=12)
+
+
+def test_batches_are_bounded_in_bytes_as_well_as_documents():
+    """1,024 documents of up to 5 MB each would be 5 GB normalised several times over; slices
+    keep to the byte budget, cover every row once and in order, and a single document larger
+    than the budget makes a slice of its own."""
+    from pipeline.dedup.shingles import bounded_slices
+
+    sizes = [10, 10, 500, 10, None, 10, 10, 10, 10, 10, 0, 90]
+    texts = pa.array([None if s is None else "x" * s for s in sizes], pa.large_string())
+    slices = bounded_slices(texts, max_docs=4, max_bytes=100)
+    assert [i for a, b in slices for i in range(a, b)] == list(range(len(sizes)))
+    for a, b in slices:
+        assert b - a <= 4 and (sum(s or 0 for s in sizes[a:b]) <= 100 or b - a == 1)
+    assert (2, 3) in slices and bounded_slices(pa.array([], pa.string()), 4, 100) == []
+
+
+def test_a_byte_budget_does_not_change_the_result(store, bucket, shared, monkeypatch):
+    """The dedup output with batches of a few documents (a 20 kB budget) equals the default's."""
+    import importlib
+    import io
+
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset import DatasetVersion
+    from pipeline.dedup import read_removals, run_dedup
+    from pipeline.schema import documents_from_pylist
+    from pipeline.storage import join
+
+    docs = web_docs(shared, 60, min_words=100)
+    rows = [{"id": f"d{i}", "text": d["text"], "source": "t"} for i, d in enumerate(docs)]
+    rows += [{"id": f"copy{i}", "text": d["text"].upper(), "source": "t"} for i, d in enumerate(docs[:10])]
+    sink = io.BytesIO()
+    pq.write_table(documents_from_pylist(rows), sink)
+    uri = store.put_bytes(join(bucket, "bytes/in.parquet"), sink.getvalue()).uri
+
+    def removals(name: str):
+        version = DatasetVersion(join(bucket, f"bytes/{name}"), "v1", store)
+        run_dedup([uri], join(bucket, f"bytes/w-{name}"), version, DedupConfig(num_perm=120, threshold=0.8, verify_jaccard=True))
+        return read_removals(version).to_pylist()
+
+    default = removals("default")
+    monkeypatch.setattr(importlib.import_module("pipeline.dedup.shingles"), "MAX_BATCH_TEXT_BYTES", 20_000)
+    assert removals("small") == default and len(default) >= 10
