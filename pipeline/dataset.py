@@ -459,6 +459,10 @@ class ShardWriter:
         self._writer: pq.ParquetWriter | None = None
         self._path: Path | None = None
         self._rows = 0
+        # Rows held back until a full row group: callers write filtered batches (a few hundred
+        # rows each after heavy dedup), and one write_table call is one row group.
+        self._pending: list[pa.Table] = []
+        self._pending_rows = self._pending_bytes = 0
         self._attempt = uuid.uuid4().hex[:8]
         check_code(version.code, version.uri)
         self.already_committed = version.has_unit(unit)
@@ -474,17 +478,35 @@ class ShardWriter:
     def write(self, data: pa.RecordBatch | pa.Table) -> None:
         if data.num_rows == 0 or self.already_committed:
             return
+        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+        self._pending.append(table.cast(self.schema) if table.schema != self.schema else table)
+        self._pending_rows += table.num_rows
+        self._pending_bytes += table.nbytes
+        # A full row group, or (large documents) as many bytes as a shard holds: shards still
+        # roll at about target_bytes.
+        if self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= self.target_bytes:
+            self._flush(whole_groups_only=self._pending_bytes < self.target_bytes)
+            if self._path is not None and os.path.getsize(self._path) >= self.target_bytes:
+                self._finish_shard()
+
+    def _flush(self, *, whole_groups_only: bool = False) -> None:
+        """Write the rows held back as row groups of ROW_GROUP_ROWS; the remainder waits for
+        more rows unless the shard is being finished (then it is its last, smaller group)."""
+        rows = (self._pending_rows // ROW_GROUP_ROWS) * ROW_GROUP_ROWS if whole_groups_only else self._pending_rows
+        if rows == 0:
+            return
         if self._writer is None:
             self._path = Path(self._tmpdir.name) / f"{self.unit}-{len(self.shards):05d}-{self._attempt}.parquet"
             self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd", compression_level=self.compression_level)
             self._rows = 0
-        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
-        self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table, row_group_size=ROW_GROUP_ROWS)
-        self._rows += table.num_rows
-        if os.path.getsize(self._path) >= self.target_bytes:
-            self._finish_shard()
+        pending = pa.concat_tables(self._pending)
+        self._writer.write_table(pending.slice(0, rows), row_group_size=ROW_GROUP_ROWS)
+        self._rows += rows
+        rest = pending.slice(rows)
+        self._pending, self._pending_rows, self._pending_bytes = ([rest] if rest.num_rows else []), rest.num_rows, rest.nbytes if rest.num_rows else 0
 
     def _finish_shard(self) -> None:
+        self._flush()
         if self._writer is None:
             return
         self._writer.close()

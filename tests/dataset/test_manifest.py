@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.dataset import DatasetVersion, Manifest, ShardEntry, ShardWriter, advance_latest, latest_uri, latest_version, read_parquet, sealed_versions
@@ -193,3 +195,23 @@ def test_dataset_names_are_validated():
     assert resolve_dataset_uri("tokens").endswith("/datasets/tokens") and resolve_dataset_uri("a/tokens-v2").endswith("/datasets/a/tokens-v2")
     assert parse_dataset_ref("s3://b/datasets/web@0123abcd") == ("s3://b/datasets/web", "0123abcd")
     assert parse_dataset_ref("s3://b/datasets/web")[1] is None
+
+
+def test_small_batches_make_full_row_groups(store, bucket):
+    """A filter that keeps a few hundred rows per batch (heavy dedup) wrote one row group per
+    batch: bloated footers and poor compression. Row groups are ROW_GROUP_ROWS rows but the last."""
+    from pipeline.dataset import ROW_GROUP_ROWS
+
+    version = DatasetVersion(join(bucket, "ds"), "v1", store)
+    docs = unit_docs(0)
+    table = pa.concat_tables([docs] * (ROW_GROUP_ROWS // docs.num_rows + 2))
+    with ShardWriter(version, "u", schema=DOCUMENT_SCHEMA) as writer:
+        for start in range(0, table.num_rows, 300):
+            writer.write(table.slice(start, 300))
+        record = writer.commit()
+    (shard,) = record["shards"]
+    with store.open_random_access(shard["uri"]) as fh:
+        meta = pq.ParquetFile(fh).metadata
+    groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert groups == [ROW_GROUP_ROWS, table.num_rows - ROW_GROUP_ROWS] and shard["rows"] == table.num_rows
+    assert read_parquet(store, shard["uri"]).column("id").to_pylist() == table.column("id").to_pylist()
