@@ -47,6 +47,7 @@ from pipeline.settings import StorageSettings, data_root, lease_ttl_s, tokenmill
 from pipeline.storage import ObjectStore, basename, join
 
 JOB_FILE = "job.json"  # the running attempt: its handle, attempt number and submission time
+JOBS_LEDGER = "jobs.json"  # every job of the run: submitted and ended (device time across flow runs)
 DATASET_READY_EVENT = "tokenmill.dataset.ready"
 
 
@@ -321,6 +322,25 @@ def backend_for(params: TrainParameters, name: str | None = None) -> JobBackend:
     return make_backend(name or params.backend, **params.backend_options)
 
 
+def record_job_time(run_dir: Path, job: dict) -> float:
+    """Add (or update) a watched job's span in the run's ledger; returns the run's total job
+    time in seconds. Keyed by job id, so an adopted job is counted once, from its submission."""
+    ledger_path = run_dir / JOBS_LEDGER
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+    ledger[job["handle"]["job_id"]] = {"attempt": job["attempt"], "submitted_at": job["submitted_at"], "ended_at": time.time()}
+    tmp = ledger_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ledger, indent=1))
+    tmp.replace(ledger_path)
+    return run_job_time(run_dir)
+
+
+def run_job_time(run_dir: Path) -> float:
+    """Seconds the run's jobs held their devices, over every flow run that drove it."""
+    ledger_path = run_dir / JOBS_LEDGER
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+    return sum(max(0.0, j["ended_at"] - j["submitted_at"]) for j in ledger.values())
+
+
 def clear_attempt_signals(run_dir: Path) -> None:
     """Before a new attempt: no record or heartbeat of an earlier one may be taken for its own."""
     for name in (COMPLETION_FILE, STOPPED_FILE):
@@ -541,7 +561,6 @@ def train(params: TrainParameters) -> dict:
         config_path.write_text(yaml.safe_dump(trainer_config(params, tokens), sort_keys=False))
         metrics = MetricsLog(run_dir / "metrics.jsonl")
         metrics.read_new()  # what earlier runs of this run name logged: progress continues from it
-        started = time.time()  # wall time and device-hours count from here
         job = running_job(params)
         completion = None if job else finished_run(params, tokens)
         restarts: list[dict] = []
@@ -550,7 +569,7 @@ def train(params: TrainParameters) -> dict:
         else:
             verdict = run_attempts(params, config_path, metrics, job, restarts, held.check)
             completion = verdict.completion or {}
-        summary = summarize(params, metrics, completion, time.time() - started)
+        summary = summarize(params, metrics, completion, run_job_time(run_dir))  # a re-run of a finished run adds nothing
         hf_dir = export_model(params, completion["checkpoint"]) if params.export_hf and completion.get("checkpoint") else None
         held.check()
         locations = publish(params, summary, metrics, completion, hf_dir, restarts)
@@ -589,6 +608,7 @@ def run_attempts(
                 still_driving()
                 job = submit(params, config_path, attempt, overrides)
             verdict, metrics = watch(params, job, metrics, progress_id)
+            record_job_time(params.run_dir, job)
             note = cancel_job(params, job["handle"]["job_id"])  # also after a failure: sweeps up ranks a dying launcher left behind
             if note:
                 logger.warning(note)

@@ -30,6 +30,7 @@ def mean(values: list[float]) -> float | None:
 
 
 def summarize(params, metrics: MetricsLog, completion: dict, wall_s: float) -> dict:
+    """`wall_s`: how long the run's jobs held their devices (queue time included), all attempts."""
     r = params.resources
     devices = r.nodes * (r.gpus_per_node or r.procs_per_node)
     watts = r.nodes * (
@@ -110,7 +111,7 @@ def report_markdown(params, summary: dict, locations: dict, restarts: list[dict]
         f"| tokens seen | {_fmt(s['tokens_seen'], ',')} |",
         f"| tokens/s (mean) | {_fmt(s['tokens_per_s'], ',.0f')} |",
         f"| MFU (mean) | {_fmt(s['mfu'], '.2%') if s['mfu'] is not None else 'n/a (no peak FLOPs known for this device)'} |",
-        f"| wall time | {_fmt(s['wall_s'], '.1f')} s (trainer's last attempt {_fmt(s['trainer_wall_s'], '.1f')} s) |",
+        f"| job time | {_fmt(s['wall_s'], '.1f')} s, every attempt (trainer's last attempt {_fmt(s['trainer_wall_s'], '.1f')} s) |",
         f"| device-hours | {_fmt(s['device_hours'], '.4f')} ({s['device_kind']}) |",
         f"| energy (estimate) | {_fmt(s['energy_kwh'], '.4f')} kWh |",
         f"| CO2 (estimate) | {_fmt(s['co2_kg'], '.4f')} kg at {params.carbon_intensity_g_per_kwh:g} gCO2/kWh |",
@@ -122,7 +123,7 @@ def report_markdown(params, summary: dict, locations: dict, restarts: list[dict]
             if params.resources.gpus_per_node
             else f"{params.cpu_core_power_w:g} W per CPU core"
         )
-        + " for the whole wall time.",
+        + " for the whole job time.",
         "",
         "## Plots",
         "",

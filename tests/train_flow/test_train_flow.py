@@ -156,6 +156,8 @@ def test_flow_trains_restarts_after_stopped_and_killed_rank_and_reports(prefect_
     assert again["checkpoint"] == result["checkpoint"] == completion["checkpoint"] and again["restarts"] == []
     assert again["summary"]["final_train_loss"] == completion["final_loss"] and again["summary"]["final_val_loss"] == summary["final_val_loss"]
     assert again["hf_model"] == result["hf_model"]
+    # device time is the run's, not the re-run's few seconds
+    assert again["summary"]["device_hours"] == summary["device_hours"] > 0 and again["summary"]["wall_s"] == summary["wall_s"]
 
 
 @pytest.mark.slow
