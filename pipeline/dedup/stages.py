@@ -105,7 +105,8 @@ def plan_dedup(shard_uris: list[str], work_uri: str, config: DedupConfig, store:
             raise DedupError(f"{uri} has {meta.num_rows} rows; at most 2^32 per shard")
         rows.append(meta.num_rows)
     partitions = config.partitions or max(1, math.ceil(sum(rows) / config.partition_docs))
-    names = candidate_partitions(config, config.hash_ranges or max(1, math.ceil(sum(rows) / config.bucket_docs)))
+    hash_ranges = config.hash_ranges or max(1, math.ceil(sum(rows) / config.bucket_docs))
+    names = candidate_partitions(config, hash_ranges)
     n_groups = min(len(names), max(4, 2 * partitions))
     plan = {
         "shards": list(shard_uris),
@@ -113,6 +114,7 @@ def plan_dedup(shard_uris: list[str], work_uri: str, config: DedupConfig, store:
         "config": config.as_dict(),
         "bands_rows": list(config.band_params),
         "partitions": partitions,
+        "hash_ranges": hash_ranges,
         "candidate_groups": {f"c{g:04d}": names[g::n_groups] for g in range(n_groups)},
     }
     layout.write_json(store, layout.plan_uri(work_uri), plan)
@@ -173,17 +175,20 @@ def signatures_stage(shard_uri: str, work_uri: str, config: DedupConfig, store: 
     docs = pa.concat_tables(docs_parts) if docs_parts else layout.DOCS_SCHEMA.empty_table()
     writes = layout.Writes(store)
     writes.table(layout.docs_uri(work_uri, shard), docs)
-    ranges = {p.rsplit("-", 1)[0]: int(p.rsplit("-", 1)[1]) + 1 for ps in plan["candidate_groups"].values() for p in ps}
+    # Every band and the exact hashes have the same number of ranges. (Reading it off the group
+    # lists kept the range of whichever group came last, not the largest: with 7 ranges in 4+
+    # groups some bucket files were never written, and the candidates stage failed at 100x.)
+    ranges = plan["hash_ranges"]
     if config.minhash:
         bh = np.concatenate([p[0] for p in band_parts]) if band_parts else np.zeros((0, bands), np.uint64)
         order = np.concatenate([p[1] for p in band_parts]) if band_parts else np.zeros(0, np.uint64)
         keys = np.concatenate([p[2] for p in band_parts]) if band_parts else np.zeros(0, np.uint64)
         for band in range(bands):
             prefix = f"band-{band:03d}"
-            _write_buckets(writes, work_uri, prefix, shard, ranges[prefix], bh[:, band], order, keys)
+            _write_buckets(writes, work_uri, prefix, shard, ranges, bh[:, band], order, keys)
     if config.exact:
         cols = [np.concatenate([p[i] for p in exact_parts]) if exact_parts else np.zeros(0, np.uint64) for i in range(3)]
-        _write_buckets(writes, work_uri, EXACT, shard, ranges[EXACT], *cols)
+        _write_buckets(writes, work_uri, EXACT, shard, ranges, *cols)
     words = docs.column("words").to_numpy()
     counts = {"shard": shard_uri, "docs": row0, "docs_without_words": int((words == 0).sum()), "shingles": shingles, **writes.counts(),
               "cpu_seconds": round(time.process_time() - started, 3)}  # fmt: skip

@@ -103,6 +103,21 @@ def test_rerun_is_skipped_and_a_fresh_run_is_byte_identical(store, bucket, corpu
     assert {"zz-exact", "zz-near", "zz-short-2"} <= removed
 
 
+def test_many_hash_ranges_in_few_groups_give_the_same_result(store, bucket, corpus):
+    """3 hash ranges dealt round-robin into 4 candidate groups: the signatures stage took the
+    number of ranges from whichever group listed a band last (1 here), never wrote ranges 1
+    and 2, and the candidates stage failed on a missing bucket file (the 100x scale run)."""
+    uris = _write_shards(store, bucket, corpus["shards"])
+
+    def removals(name: str, hash_ranges: int):
+        version = DatasetVersion(join(bucket, name), "v1", store)
+        run_dedup(uris, join(bucket, f"w-{name}"), version, DedupConfig(num_perm=64, threshold=0.8, verify_jaccard=True, hash_ranges=hash_ranges, partitions=1))
+        return read_removals(version).to_pylist()
+
+    assert plan_dedup(uris, join(bucket, "w-plan"), DedupConfig(num_perm=64, threshold=0.8, hash_ranges=3, partitions=1), store)["candidate_groups"]["c0003"][0] == "band-001-000"
+    assert removals("three", 3) == removals("one", 1) != []
+
+
 def test_exact_only_and_stage_order_errors(store, bucket, corpus):
     uris = _write_shards(store, bucket, corpus["shards"])
     work = join(bucket, "w")
