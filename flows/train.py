@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from flows.train_report import artifact_key, publish, summarize
 from flows.watch import COMPLETION_FILE, FAILURES_DIR, HEARTBEAT_DIR, STOPPED_FILE, AttemptWatcher, MetricsLog, Verdict
 from infra.backends import JobBackend, JobHandle, JobSpec, make_backend
+from model.metrics import write_json_atomic
 from pipeline import lease, names
 from pipeline.dataset import latest_version
 from pipeline.lineage import record_training_run
@@ -160,9 +161,8 @@ class TrainParameters(BaseModel):
         are, when the run is finished, what a restart changes): an override would make the
         watcher blind or a finished run never recognised, so it is refused, naming the field."""
         for key in value:
-            owner = FLOW_OWNED_TRAINER_KEYS.get(key) or next(
-                (field for owned, field in FLOW_OWNED_TRAINER_KEYS.items() if owned.startswith(key + ".") or key.startswith(owned + ".")), None
-            )
+            # the key itself, a parent of an owned key ("train"), or inside an owned subtree ("data.x")
+            owner = next((use for owned, use in FLOW_OWNED_TRAINER_KEYS.items() if f"{owned}.".startswith(f"{key}.") or key.startswith(f"{owned}.")), None)
             if owner is not None:
                 raise ValueError(f"trainer_overrides: {key!r} is set by the flow; {owner}")
         return value
@@ -322,23 +322,22 @@ def backend_for(params: TrainParameters, name: str | None = None) -> JobBackend:
     return make_backend(name or params.backend, **params.backend_options)
 
 
-def record_job_time(run_dir: Path, job: dict) -> float:
-    """Add (or update) a watched job's span in the run's ledger; returns the run's total job
-    time in seconds. Keyed by job id, so an adopted job is counted once, from its submission."""
-    ledger_path = run_dir / JOBS_LEDGER
-    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+def record_job_time(run_dir: Path, job: dict) -> None:
+    """Add (or update) a watched job's span in the run's ledger. Keyed by job id, so an
+    adopted job is counted once, from its submission."""
+    ledger = _jobs_ledger(run_dir)
     ledger[job["handle"]["job_id"]] = {"attempt": job["attempt"], "submitted_at": job["submitted_at"], "ended_at": time.time()}
-    tmp = ledger_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ledger, indent=1))
-    tmp.replace(ledger_path)
-    return run_job_time(run_dir)
+    write_json_atomic(run_dir / JOBS_LEDGER, ledger)
 
 
 def run_job_time(run_dir: Path) -> float:
     """Seconds the run's jobs held their devices, over every flow run that drove it."""
-    ledger_path = run_dir / JOBS_LEDGER
-    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
-    return sum(max(0.0, j["ended_at"] - j["submitted_at"]) for j in ledger.values())
+    return sum(max(0.0, j["ended_at"] - j["submitted_at"]) for j in _jobs_ledger(run_dir).values())
+
+
+def _jobs_ledger(run_dir: Path) -> dict:
+    path = run_dir / JOBS_LEDGER
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def clear_attempt_signals(run_dir: Path) -> None:
