@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from infra.backends import rendezvous_port
 from infra.backends.base import JOB_ID_ENV, BackendUnavailable, JobBackend, JobHandle, JobSpec, JobState, LogChunk, Phase, read_log_file
 from pipeline import names
 
@@ -54,9 +55,10 @@ RUNTIME_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 
 BATCH_SCRIPT = """\
 #!/bin/bash
-# tokenmill training job, written by infra/backends/slurm.py. Only validated integers are
-# filled in here: the job name, partition, paths and environment are sbatch options, and the
-# interpreter and training command are this script's arguments ($1, then the rest).
+# tokenmill training job, written by infra/backends/slurm.py. Only validated integers and
+# tokenmill's own port picker are filled in here: the job name, partition, paths and
+# environment are sbatch options, and the interpreter and training command are this
+# script's arguments ($1, then the rest).
 # One task per node; each runs torchrun, which starts {procs_per_node} rank(s) and meets the
 # other nodes through a c10d rendezvous on the first node.
 set -euo pipefail
@@ -64,8 +66,13 @@ python=$1
 shift
 
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-# A port derived from the job id, so two jobs sharing a node do not collide.
-rdzv_port=$((20000 + SLURM_JOB_ID % 20000))
+# The batch script runs on the head node: pick a port free here, outside the ephemeral range,
+# starting from one derived from the job id (infra/backends/rendezvous_port.py).
+rdzv_port=$("$python" - "$SLURM_JOB_ID" <<'PICK_RENDEZVOUS_PORT'
+{pick_port}
+PICK_RENDEZVOUS_PORT
+)
+echo "tokenmill: c10d rendezvous at $head_node:$rdzv_port"
 export {job_id_env}="slurm-$SLURM_JOB_ID"
 
 # --kill-on-bad-exit: one failed node ends the whole step instead of leaving the rest waiting.
@@ -106,6 +113,7 @@ def cpus_per_task(spec: JobSpec) -> int:
 
 def batch_script(spec: JobSpec, signal_grace_s: int = DEFAULT_SIGNAL_GRACE_S) -> str:
     return BATCH_SCRIPT.format(
+        pick_port=Path(rendezvous_port.__file__).read_text().strip(),
         nodes=spec.nodes,
         procs_per_node=spec.procs_per_node,
         cpus_per_task=cpus_per_task(spec),

@@ -92,6 +92,40 @@ def test_the_srun_line_gives_every_task_its_cpus():
         assert f"--cpus-per-task={expected}" in srun.split()
 
 
+def test_ranks_meet_when_the_port_the_job_id_selects_is_taken(slurm_cluster, tmp_path):
+    """The rendezvous port came from the job id alone; when a connection on the node held it,
+    torchrun's agent could not host the store and the job died after two minutes of
+    connection timeouts (seen with two test suites on one machine). Hold the port the next
+    job's id selects, as an outgoing connection would: the job picks another and completes."""
+    from infra.backends.rendezvous_port import preferred_port
+    from tests.train_flow.test_rendezvous_port import occupy_as_a_client
+    from tests.train_flow.test_watch import PROGRAM, REPO
+
+    backend = make_backend("slurm", slurm_conf=str(slurm_cluster.conf))
+    (tmp_path / "first").mkdir()
+    first = backend.submit(spec_for(tmp_path / "first", "sleep", "first"))  # only for its id: the next job's is one more
+    backend.cancel(first)
+    run_dir = tmp_path / "held"
+    run_dir.mkdir()
+    (run_dir / "program.py").write_text(PROGRAM)
+    spec = JobSpec(name="held", command=[str(run_dir / "program.py"), str(run_dir), "slow-save", "0.1"], run_dir=str(run_dir),
+                   procs_per_node=2, env={"PYTHONPATH": str(REPO)})  # fmt: skip
+    held_port = preferred_port(int(first.job_id) + 1)
+    held = occupy_as_a_client(held_port)
+    try:
+        handle = backend.submit(spec)
+        assert int(handle.job_id) == int(first.job_id) + 1, "another job came in between: the held port is not this job's"
+        state = wait_for(lambda: (s := backend.status(handle)).finished and s)
+    finally:
+        for sock in held:
+            sock.close()
+    log = backend.logs(handle).lines
+    assert state.phase == Phase.SUCCEEDED, (state, log[-20:])
+    (endpoint,) = [line.rsplit(":", 1)[1] for line in log if line.startswith("tokenmill: c10d rendezvous at ")]
+    assert int(endpoint) != held_port
+    assert json.loads((run_dir / "COMPLETED.json").read_text())["step"] == 3
+
+
 def test_queue_wait_is_not_start_up_and_has_its_own_timeout(slurm_cluster, tmp_path):
     """The node is full: the next job waits (PENDING, reason Resources). A queue timeout ends
     the wait with Slurm's reason; without one, the job starts once the node frees up, and the
