@@ -18,6 +18,7 @@ the job's inline environment.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import time
 import uuid
@@ -31,6 +32,11 @@ from pipeline.settings import ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_SESSION_TOKEN
 SECRET_ENV = {ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_SESSION_TOKEN}
 RDZV_PORT = 29500
 TERMINATION_GRACE_S = 180  # SIGTERM to SIGKILL, for the pod and for torchrun's ranks
+# A log poll asks the kubelet only for lines this much older than the cursor: the margin
+# covers skew between this host's clock and the node's, and lines stamped just before a
+# poll that reach the log after it. The timestamp filter drops what was already seen, so a
+# poll reads a bounded window, never the whole log of a job that has run for days.
+LOG_OVERLAP_S = 300
 JOB_LABEL = "tokenmill.job"
 # The unprivileged user of docker/Dockerfile.trainer, and the folders it writes besides the
 # run volume (its home for library caches, DeepSpeed's TORCH_EXTENSIONS_DIR): with a
@@ -364,16 +370,18 @@ class KubernetesBackend(JobBackend):
 
     def logs(self, handle: JobHandle, since: int = 0) -> LogChunk:
         """Lines of every pod newer than `since` (microseconds since the epoch, from the
-        timestamps Kubernetes puts on each line), each prefixed with the pod's index."""
+        timestamps Kubernetes puts on each line), each prefixed with the pod's index; after
+        the first poll only the window since the cursor is read (LOG_OVERLAP_S)."""
         from kubernetes.client.exceptions import ApiException
 
         _, core = self._clients()
+        window = {"since_seconds": max(1, math.ceil(time.time() - since / 1e6) + LOG_OVERLAP_S)} if since else {}
         stamped: list[tuple[int, str]] = []
         for pod in self._pods(handle):
             index = (pod.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index", "?")
             try:
                 with api_call(f"log of pod {pod.metadata.name}"):
-                    text = core.read_namespaced_pod_log(pod.metadata.name, self.namespace, timestamps=True)
+                    text = core.read_namespaced_pod_log(pod.metadata.name, self.namespace, timestamps=True, **window)
             except ApiException:  # a pod still pulling its image has no log yet
                 continue
             for line in text.splitlines():

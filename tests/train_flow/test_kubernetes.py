@@ -157,3 +157,75 @@ def test_an_unreachable_api_server_leaves_the_job_unknown():
     with pytest.raises(BackendUnavailable, match="status of job j"):
         with api_call("status of job j"):
             raise MaxRetryError(None, "https://k8s:6443/apis", NewConnectionError(None, "connection refused"))
+
+
+class Kubelet:
+    """The two CoreV1Api calls `logs` makes, answered as the API server does: pods by label,
+    and a pod's log with RFC 3339 nanosecond stamps, honouring `since_seconds`. Counts the
+    lines it sends."""
+
+    def __init__(self, job_name: str, pods: int):
+        self.job_name = job_name
+        self.lines: dict[str, list[tuple[float, str]]] = {f"{job_name}-{i}": [] for i in range(pods)}
+        self.sent = 0
+
+    def write(self, pod_name: str, at: float, message: str) -> None:
+        self.lines[pod_name].append((at, message))
+
+    def list_namespaced_pod(self, namespace: str, label_selector: str):
+        assert label_selector == f"job-name={self.job_name}"
+        items = [
+            client.V1Pod(metadata=client.V1ObjectMeta(name=name, annotations={"batch.kubernetes.io/job-completion-index": str(i)}))
+            for i, name in enumerate(self.lines)
+        ]
+        return client.V1PodList(items=items)
+
+    def read_namespaced_pod_log(self, name: str, namespace: str, timestamps: bool = False, since_seconds: int | None = None):
+        import time
+        from datetime import datetime, timezone
+
+        assert timestamps and (since_seconds is None or since_seconds >= 1)
+        after = time.time() - since_seconds if since_seconds is not None else float("-inf")
+        out = []
+        for at, message in self.lines[name]:
+            if at >= after:
+                stamp = datetime.fromtimestamp(int(at), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+                out.append(f"{stamp}.{round((at % 1) * 1e9):09d}Z {message}")
+        self.sent += len(out)
+        return "".join(line + "\n" for line in out)
+
+
+def test_log_polls_read_only_what_is_new_not_the_whole_log():
+    """A job that has logged for two days: the first poll reads it all, every later poll only
+    the window since its cursor (the whole log on every poll made watching a long job
+    quadratic), and no line is lost or repeated."""
+    import time
+
+    from infra.backends import JobHandle
+    from infra.backends.kubernetes import LOG_OVERLAP_S, KubernetesBackend
+
+    backend = KubernetesBackend(image="ghcr.io/o/t:1")
+    kubelet = Kubelet("run-abc123", pods=2)
+    backend._apis = (None, kubelet)
+    handle = JobHandle(backend="kubernetes", job_id="run-abc123", run_dir="/runs/x")
+    start = time.time() - 2 * 86400
+    for i in range(5000):
+        kubelet.write(f"run-abc123-{i % 2}", start + i * 30, f"step {i}")
+    chunk = backend.logs(handle)
+    seen = list(chunk.lines)
+    assert kubelet.sent == 5000 and len(seen) == 5000
+    cursor = chunk.cursor
+    stamp = time.time()
+    for poll in range(20):
+        kubelet.sent = 0
+        for rank in range(2):
+            stamp = max(time.time(), stamp + 1e-3)
+            kubelet.write(f"run-abc123-{rank}", stamp, f"poll {poll} rank {rank}")
+        chunk = backend.logs(handle, cursor)
+        cursor = chunk.cursor
+        seen += chunk.lines
+        window = (LOG_OVERLAP_S + 60) // 30 + 2 * (poll + 1)  # old lines inside the overlap, and the new ones
+        assert kubelet.sent <= window, f"poll {poll} read {kubelet.sent} lines"
+    expected = [f"[node {i % 2}] step {i}" for i in range(5000)]
+    expected += [f"[node {rank}] poll {poll} rank {rank}" for poll in range(20) for rank in range(2)]
+    assert seen == expected
