@@ -15,6 +15,8 @@ same model bytes, and cached under a name derived from the data's digest and the
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -24,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.card import score_histogram
-from pipeline.classifier_train import TEXT_PREP, file_digest, positive_scores, prepare, sidecar_path, train_classifier
+from pipeline.classifier_train import TEXT_PREP, file_digest, positive_scores, prepare, sidecar_path, train_classifier, write_sidecar
 from pipeline.settings import tokenmill_home
 from pipeline.steps.base import Step
 from pipeline.settings import shared_dir
@@ -47,26 +49,52 @@ def default_toxicity_data() -> Path:
     return shared_dir() / "toxicity" / "jigsaw_wiki_comments.jsonl.gz"
 
 
+def toxicity_model_path(cache_dir: Path, data_path: Path) -> Path:
+    """Where the default model trained from `data_path` is cached: named by the data's digest
+    and the training settings."""
+    key = json.dumps({"data": file_digest(data_path), "training": TOXICITY_TRAINING, "prep": TEXT_PREP}, sort_keys=True)
+    return cache_dir / f"toxicity-{hashlib.sha256(key.encode()).hexdigest()[:12]}.ftz"
+
+
+@contextlib.contextmanager
+def training_lock(model_path: Path):
+    """One process trains a cached model at a time; the others wait and then reuse it (two
+    refreshes starting together both trained it, and the second rewrote the sidecar while
+    the first's filters read it)."""
+    with open(model_path.with_name(f".{model_path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def ensure_toxicity_model(cache_dir: str | Path | None = None, data_path: str | Path | None = None) -> Path:
-    """The default toxicity model, trained from the labelled tweets on first use and cached
-    under a name derived from the data's digest and the training settings (train once)."""
+    """The default toxicity model, trained from the labelled comments on first use and cached
+    (train once, also when several processes start at the same time)."""
     data_path = Path(data_path) if data_path else default_toxicity_data()
     cache_dir = Path(cache_dir) if cache_dir else tokenmill_home() / "models"
     if not data_path.is_file():
         raise FileNotFoundError(f"toxicity training data not found: {data_path}")
-    key = json.dumps({"data": file_digest(data_path), "training": TOXICITY_TRAINING, "prep": TEXT_PREP}, sort_keys=True)
-    model_path = cache_dir / f"toxicity-{hashlib.sha256(key.encode()).hexdigest()[:12]}.ftz"
-    if model_path.is_file() and sidecar_path(model_path).is_file():
+    model_path = toxicity_model_path(cache_dir, data_path)
+
+    def cached() -> bool:  # the sidecar is written first: a model beside it is complete
+        return model_path.is_file() and sidecar_path(model_path).is_file()
+
+    if cached():
         return model_path
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # train beside the final name and rename: concurrent workers never read a half-written model
-    scratch = cache_dir / f".{model_path.name}.{os.getpid()}.ftz"
-    train_classifier(data_path, scratch, threshold=DEFAULT_THRESHOLD, **TOXICITY_TRAINING)
-    record = json.loads(sidecar_path(scratch).read_text())
-    record["model_path"] = model_path.name
-    sidecar_path(model_path).write_text(json.dumps(record, indent=2, sort_keys=True))
-    sidecar_path(scratch).unlink()
-    os.replace(scratch, model_path)
+    with training_lock(model_path):
+        if cached():  # trained by the process we waited for
+            return model_path
+        # train beside the final name and rename: a reader never sees half a model
+        scratch = cache_dir / f".{model_path.name}.{os.getpid()}.ftz"
+        train_classifier(data_path, scratch, threshold=DEFAULT_THRESHOLD, **TOXICITY_TRAINING)
+        record = json.loads(sidecar_path(scratch).read_text())
+        record["model_path"] = model_path.name
+        write_sidecar(model_path, record)
+        sidecar_path(scratch).unlink()
+        os.replace(scratch, model_path)
     return model_path
 
 

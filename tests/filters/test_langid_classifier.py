@@ -5,11 +5,17 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from flows.cli import main as cli
-from pipeline.steps.classifier import DEFAULT_THRESHOLD, ClassifierFilter, ensure_toxicity_model
+from pipeline.classifier_train import sidecar_path, write_sidecar
+from pipeline.steps.classifier import DEFAULT_THRESHOLD, ClassifierFilter, ensure_toxicity_model, toxicity_model_path, training_lock
 from pipeline.steps.langid import LanguageId
 from tests.filters.conftest import docs, reason
 
@@ -112,6 +118,45 @@ def test_toxicity_filter_and_cache(toxicity_model, shared):
     assert out.column("toxicity_score")[0].as_py() < 0.2
     keep_toxic = ClassifierFilter(toxicity_model, name="toxicity", threshold=DEFAULT_THRESHOLD, keep="above")
     assert reason(keep_toxic, table) == [None, "below_threshold"]
+
+
+def blocked_on_a_file_lock(pid: int) -> bool:
+    """Whether `pid` waits for an flock (a `->` line of /proc/locks)."""
+    return any(f[1] == "->" and f[2] == "FLOCK" and f[5] == str(pid) for f in map(str.split, Path("/proc/locks").read_text().splitlines()))
+
+
+def test_a_first_use_waits_for_the_training_in_progress_and_reuses_its_model(toxicity_model, shared, tmp_path):
+    """Two refreshes starting together both trained the model, and the second rewrote the
+    sidecar while the first's filters read it: a scheduled refresh failed with a
+    JSONDecodeError. Now the second waits for the first and takes its model as it is."""
+    data = shared / "toxicity" / "jigsaw_wiki_comments.jsonl.gz"
+    cache = tmp_path / "models"
+    cache.mkdir()
+    target = toxicity_model_path(cache, data)
+    program = "import sys; from pipeline.steps.classifier import ensure_toxicity_model; print(ensure_toxicity_model(*sys.argv[1:]))"
+    with training_lock(target):  # another process is training it
+        child = subprocess.Popen([sys.executable, "-c", program, str(cache), str(data)], stdout=subprocess.PIPE, text=True,
+                                 cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+        deadline = time.monotonic() + 180  # an import of pyarrow and fastText on a loaded machine
+        while not blocked_on_a_file_lock(child.pid):
+            assert child.poll() is None and time.monotonic() < deadline, "the second process did not wait for the first"
+            time.sleep(0.2)
+        write_sidecar(target, json.loads(sidecar_path(toxicity_model).read_text()))
+        shutil.copy(toxicity_model, target)
+        trained = (target.stat().st_ino, sidecar_path(target).stat().st_ino)
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == 0 and out.strip() == str(target)
+    assert (target.stat().st_ino, sidecar_path(target).stat().st_ino) == trained  # reused, not trained again
+
+
+def test_a_sidecar_is_replaced_whole_never_rewritten_in_place(tmp_path):
+    model = tmp_path / "m.ftz"
+    write_sidecar(model, {"positive_label": "a"})
+    with open(sidecar_path(model)) as reader:  # a filter in another process, loading the model
+        write_sidecar(model, {"positive_label": "b"})
+        assert json.loads(reader.read()) == {"positive_label": "a"}
+    assert json.loads(sidecar_path(model).read_text()) == {"positive_label": "b"}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.ftz.json"]
 
 
 def test_toxicity_abstains_on_text_too_short_to_judge(toxicity_model):
