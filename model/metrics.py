@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import socket
 import threading
 import time
@@ -39,10 +40,14 @@ def _clean(value):
 
 
 def write_json_atomic(path: Path, record: dict) -> None:
-    """Write via a temporary file and rename, so that a reader never sees half a document."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({k: _clean(v) for k, v in record.items()}, indent=1))
-    os.replace(tmp, path)
+    """Write via a temporary file and rename, so that a reader never sees half a document.
+    The temporary name is unique: writers in other processes never share it."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        tmp.write_text(json.dumps({k: _clean(v) for k, v in record.items()}, indent=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class Heartbeat:

@@ -14,13 +14,13 @@ import json
 import multiprocessing
 import os
 import random
-import secrets
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
+from model.metrics import write_json_atomic
 from pipeline.steps.text import fasttext_lines
 
 MIN_ROWS_TO_QUANTIZE = 256  # fastText's product quantizer needs this many training rows
@@ -160,7 +160,8 @@ def train_classifier(
     tmp_out = output_path.with_name(output_path.name + ".tmp")
     model.save_model(str(tmp_out))
     os.replace(tmp_out, output_path)
-    write_sidecar(output_path, result.as_dict())
+    # renamed over the old one: a filter loading the model in another process never reads half of it
+    write_json_atomic(sidecar_path(output_path), result.as_dict())
     return result
 
 
@@ -189,18 +190,6 @@ def _train_supervised(params: dict, train_file: str, quantize_cutoff: int | None
 
 def sidecar_path(model_path: str | Path) -> Path:
     return Path(str(model_path) + ".json")
-
-
-def write_sidecar(model_path: str | Path, record: dict) -> None:
-    """Replace the model's sidecar JSON by renaming a complete file over it: a filter loading
-    the model in another process never reads a truncated sidecar."""
-    path = sidecar_path(model_path)
-    staging = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        staging.write_text(json.dumps(record, indent=2, sort_keys=True))
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
 
 
 def positive_scores(model, lines: list[str], positive: str) -> list[float]:

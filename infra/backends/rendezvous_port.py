@@ -36,22 +36,15 @@ def candidate_ranges() -> list[range]:
     return outside or [range(LOWEST_PORT, 65536)]
 
 
-def candidates(job_id: int):
+def candidates(job_id: int) -> list[int]:
     """Every candidate port once, starting at the one the job id selects."""
-    ranges = candidate_ranges()
-    total = sum(len(r) for r in ranges)
-    start = job_id % total
-    for k in range(total):
-        index = (start + k) % total
-        for r in ranges:
-            if index < len(r):
-                yield r[index]
-                break
-            index -= len(r)
+    ports = [port for r in candidate_ranges() for port in r]
+    start = job_id % len(ports)
+    return ports[start:] + ports[:start]
 
 
 def preferred_port(job_id: int) -> int:
-    return next(candidates(job_id))
+    return candidates(job_id)[0]
 
 
 def is_free(port: int) -> bool:

@@ -19,14 +19,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.card import score_histogram
-from pipeline.classifier_train import TEXT_PREP, file_digest, positive_scores, prepare, sidecar_path, train_classifier, write_sidecar
+from pipeline.classifier_train import TEXT_PREP, file_digest, positive_scores, prepare, sidecar_path, train_classifier
 from pipeline.settings import tokenmill_home
 from pipeline.steps.base import Step
 from pipeline.settings import shared_dir
@@ -78,23 +77,15 @@ def ensure_toxicity_model(cache_dir: str | Path | None = None, data_path: str | 
         raise FileNotFoundError(f"toxicity training data not found: {data_path}")
     model_path = toxicity_model_path(cache_dir, data_path)
 
-    def cached() -> bool:  # the sidecar is written first: a model beside it is complete
+    def cached() -> bool:  # train_classifier writes the sidecar last: a model beside it is complete
         return model_path.is_file() and sidecar_path(model_path).is_file()
 
     if cached():
         return model_path
     cache_dir.mkdir(parents=True, exist_ok=True)
     with training_lock(model_path):
-        if cached():  # trained by the process we waited for
-            return model_path
-        # train beside the final name and rename: a reader never sees half a model
-        scratch = cache_dir / f".{model_path.name}.{os.getpid()}.ftz"
-        train_classifier(data_path, scratch, threshold=DEFAULT_THRESHOLD, **TOXICITY_TRAINING)
-        record = json.loads(sidecar_path(scratch).read_text())
-        record["model_path"] = model_path.name
-        write_sidecar(model_path, record)
-        sidecar_path(scratch).unlink()
-        os.replace(scratch, model_path)
+        if not cached():  # else trained by the process we waited for
+            train_classifier(data_path, model_path, threshold=DEFAULT_THRESHOLD, **TOXICITY_TRAINING)
     return model_path
 
 

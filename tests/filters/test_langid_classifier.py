@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main as cli
-from pipeline.classifier_train import sidecar_path, write_sidecar
+from model.metrics import write_json_atomic
+from pipeline.classifier_train import sidecar_path
 from pipeline.steps.classifier import DEFAULT_THRESHOLD, ClassifierFilter, ensure_toxicity_model, toxicity_model_path, training_lock
 from pipeline.steps.langid import LanguageId
 from tests.filters.conftest import docs, reason
@@ -141,7 +142,7 @@ def test_a_first_use_waits_for_the_training_in_progress_and_reuses_its_model(tox
         while not blocked_on_a_file_lock(child.pid):
             assert child.poll() is None and time.monotonic() < deadline, "the second process did not wait for the first"
             time.sleep(0.2)
-        write_sidecar(target, json.loads(sidecar_path(toxicity_model).read_text()))
+        write_json_atomic(sidecar_path(target), json.loads(sidecar_path(toxicity_model).read_text()))
         shutil.copy(toxicity_model, target)
         trained = (target.stat().st_ino, sidecar_path(target).stat().st_ino)
     out, _ = child.communicate(timeout=120)
@@ -151,9 +152,9 @@ def test_a_first_use_waits_for_the_training_in_progress_and_reuses_its_model(tox
 
 def test_a_sidecar_is_replaced_whole_never_rewritten_in_place(tmp_path):
     model = tmp_path / "m.ftz"
-    write_sidecar(model, {"positive_label": "a"})
+    write_json_atomic(sidecar_path(model), {"positive_label": "a"})
     with open(sidecar_path(model)) as reader:  # a filter in another process, loading the model
-        write_sidecar(model, {"positive_label": "b"})
+        write_json_atomic(sidecar_path(model), {"positive_label": "b"})
         assert json.loads(reader.read()) == {"positive_label": "a"}
     assert json.loads(sidecar_path(model).read_text()) == {"positive_label": "b"}
     assert [p.name for p in tmp_path.iterdir()] == ["m.ftz.json"]
